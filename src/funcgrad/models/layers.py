@@ -1,0 +1,383 @@
+"""Reusable building blocks: each layer is an ``*_init`` returning a dict of arrays and a pure
+function ``layer(params, x, ...)``.
+
+Layers take batched inputs with any number of leading batch axes where that is natural (dense,
+layer norm, attention); the convolution and pooling layers take NHWC images. The models in this
+package check their input once with :func:`check_input` and then call these functions.
+
+Everything here is written with ``jax.numpy`` / ``jax.lax`` / ``jax.nn`` only, so it is jit-, vmap-
+and grad-able, and it differentiates with funcgrad's interpreter (dot_general,
+conv_general_dilated, reduce_window, gather, custom_jvp, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from funcgrad.models import initializers
+from funcgrad.models.initializers import Initializer
+
+Params = dict[str, jax.Array]
+Dim = int | str | None
+
+# ----------------------------------------------------------------------------------------------
+# Input validation (runs at trace time on static shapes: free under jit)
+
+
+def _format_shape(dims: Sequence[Dim]) -> str:
+    names = ["?" if d is None else str(d) for d in dims]
+    return "(" + ", ".join(names) + ("," if len(names) == 1 else "") + ")"
+
+
+def _dims_match(shape: Sequence[int], expected: Sequence[Dim]) -> bool:
+    return len(shape) == len(expected) and all(
+        not isinstance(e, int) or s == e for s, e in zip(shape, expected)
+    )
+
+
+_DTYPE_KINDS = {
+    "float": (jnp.floating, "a floating dtype", "Cast it with x.astype(jnp.float32)."),
+    "int": (jnp.integer, "an integer dtype", "Token ids must be integers: x.astype(jnp.int32)."),
+}
+
+
+def check_input(
+    x: jax.Array,
+    expected: Sequence[Dim],
+    *,
+    where: str,
+    dtype_kind: str = "float",
+    allow_unbatched: bool = True,
+    hint: str | None = None,
+) -> jax.Array:
+    """Return ``x`` as an array if it has shape ``(batch, *expected)`` (or ``expected``) and the
+    right dtype kind; otherwise raise a ``ValueError`` naming the layer and both shapes.
+
+    ``expected`` lists the per-example dimensions: an ``int`` must match exactly, a ``str`` (a
+    name such as ``"seq"``) or ``None`` matches any size. A single unbatched example of shape
+    ``expected`` is accepted when ``allow_unbatched`` (so ``jax.vmap(apply)`` over examples works).
+    ``dtype_kind`` is ``"float"`` or ``"int"``. The check reads static shapes only, so it runs
+    once at trace time and costs nothing under ``jax.jit``.
+
+    Example message: ``mlp layers[0] (dense): expected input of shape (batch, 784) or (784,) with
+    a floating dtype, got shape (128, 28, 28) float32. Flatten to (batch, 784) first: ...``
+    """
+    if dtype_kind not in _DTYPE_KINDS:
+        raise ValueError(f"dtype_kind must be one of {sorted(_DTYPE_KINDS)}, got {dtype_kind!r}")
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        x = jnp.asarray(x)
+    expected = tuple(expected)
+    kind, kind_text, kind_fix = _DTYPE_KINDS[dtype_kind]
+    shape = tuple(x.shape)
+    shape_ok = _dims_match(shape[1:], expected) or (
+        allow_unbatched and _dims_match(shape, expected)
+    )
+    dtype_ok = jnp.issubdtype(x.dtype, kind)
+    if shape_ok and dtype_ok:
+        return x
+
+    wanted = _format_shape(("batch", *expected))
+    if allow_unbatched:
+        wanted += f" or {_format_shape(expected)}"
+    message = (
+        f"{where}: expected input of shape {wanted} with {kind_text}, "
+        f"got shape {_format_shape(shape)} {jnp.dtype(x.dtype).name}."
+    )
+    if hint is None:
+        hint = kind_fix if shape_ok else _shape_hint(shape, expected)
+    if hint:
+        message += " " + hint
+    raise ValueError(message)
+
+
+def _shape_hint(shape: tuple[int, ...], expected: tuple[Dim, ...]) -> str:
+    fixed = [e for e in expected if isinstance(e, int)]
+    if len(fixed) == len(expected) and len(shape) >= 2 and math.prod(shape[1:]) == math.prod(fixed):
+        target = _format_shape(("batch", *expected))
+        verb = "Flatten" if len(shape) > len(expected) + 1 else "Reshape"
+        return f"{verb} to {target} first: x.reshape(x.shape[0], {', '.join(map(str, fixed))})."
+    return ""
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense
+
+
+def dense_init(
+    key: jax.Array,
+    fan_in: int,
+    fan_out: int,
+    *,
+    w_init: str | Initializer = "glorot_uniform",
+    b_init: str | Initializer = "zeros",
+    dtype=jnp.float32,
+) -> Params:
+    """Return ``{"W": (fan_in, fan_out), "b": (fan_out,)}`` for :func:`dense`."""
+    w_key, b_key = jax.random.split(key)
+    return {
+        "W": initializers.get(w_init)(w_key, (fan_in, fan_out), dtype),
+        "b": initializers.get(b_init)(b_key, (fan_out,), dtype),
+    }
+
+
+def dense(params: Params, x: jax.Array) -> jax.Array:
+    """Affine map over the last axis: y = x @ W + b, for any leading (batch) axes."""
+    return x @ params["W"] + params["b"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Convolution and pooling (NHWC images, HWIO kernels)
+
+_CONV_DIMS = ("NHWC", "HWIO", "NHWC")
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    if isinstance(value, int):
+        return value, value
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, int) for v in value):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+    return value
+
+
+def _padding(padding: str) -> str:
+    if not isinstance(padding, str) or padding.upper() not in ("SAME", "VALID"):
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    return padding.upper()
+
+
+def conv2d_init(
+    key: jax.Array,
+    kernel_size: int | Sequence[int],
+    c_in: int,
+    c_out: int,
+    *,
+    w_init: str | Initializer = "glorot_uniform",
+    b_init: str | Initializer = "zeros",
+    dtype=jnp.float32,
+) -> Params:
+    """Return ``{"W": (kh, kw, c_in, c_out), "b": (c_out,)}`` for :func:`conv2d` (HWIO kernel)."""
+    kh, kw = _pair(kernel_size, "kernel_size")
+    w_key, b_key = jax.random.split(key)
+    return {
+        "W": initializers.get(w_init)(w_key, (kh, kw, c_in, c_out), dtype),
+        "b": initializers.get(b_init)(b_key, (c_out,), dtype),
+    }
+
+
+def conv2d(
+    params: Params,
+    x: jax.Array,
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: str = "SAME",
+) -> jax.Array:
+    """2-D cross-correlation of NHWC images with an HWIO kernel, plus bias.
+
+    y[n, i, j, o] = Σ_{di, dj, c} x[n, s·i + di, s·j + dj, c] · W[di, dj, c, o] + b[o]
+    ``padding="SAME"`` keeps ceil(H / stride) rows; ``"VALID"`` uses only full windows.
+    """
+    y = lax.conv_general_dilated(
+        x,
+        params["W"],
+        window_strides=_pair(stride, "stride"),
+        padding=_padding(padding),
+        dimension_numbers=_CONV_DIMS,
+    )
+    return y + params["b"]
+
+
+def _window(x: jax.Array, size: tuple[int, int]) -> tuple[int, ...]:
+    # Pool over H and W of (..., H, W, C): size 1 on every other axis.
+    return (1,) * (x.ndim - 3) + (*size, 1)
+
+
+def max_pool(
+    x: jax.Array,
+    window: int | Sequence[int] = 2,
+    stride: int | Sequence[int] | None = None,
+    padding: str = "VALID",
+) -> jax.Array:
+    """Max over each ``window`` of the H and W axes of ``(..., H, W, C)``; stride = window by
+    default. y[i, j, c] = max_{di, dj} x[s·i + di, s·j + dj, c]."""
+    size = _pair(window, "window")
+    strides = size if stride is None else _pair(stride, "stride")
+    return lax.reduce_window(
+        x, -jnp.inf, lax.max, _window(x, size), _window(x, strides), _padding(padding)
+    )
+
+
+def avg_pool(
+    x: jax.Array,
+    window: int | Sequence[int] = 2,
+    stride: int | Sequence[int] | None = None,
+    padding: str = "VALID",
+) -> jax.Array:
+    """Mean over each ``window`` of the H and W axes of ``(..., H, W, C)``; stride = window by
+    default. With ``"SAME"`` padding the padded cells are not counted (as in Keras/TensorFlow).
+    y[i, j, c] = Σ_{di, dj} x[s·i + di, s·j + dj, c] / (number of real cells in the window)."""
+    size = _pair(window, "window")
+    strides = size if stride is None else _pair(stride, "stride")
+    padding = _padding(padding)
+    sums = lax.reduce_window(x, 0.0, lax.add, _window(x, size), _window(x, strides), padding)
+    counts = _window_counts(x.shape[-3:-1], size, strides, padding)
+    return sums / counts[:, :, None].astype(sums.dtype)
+
+
+def _window_counts(
+    hw: tuple[int, int], size: tuple[int, int], strides: tuple[int, int], padding: str
+) -> np.ndarray:
+    # How many real (unpadded) cells each window covers: a static numpy constant.
+    pads = lax.padtype_to_pads(hw, size, strides, padding)
+    ones = np.pad(np.ones(hw, np.float32), pads)
+    windows = np.lib.stride_tricks.sliding_window_view(ones, size)
+    return windows[:: strides[0], :: strides[1]].sum(axis=(-2, -1))
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    """Flatten every axis but the first (the batch): (batch, H, W, C) -> (batch, H·W·C)."""
+    return x.reshape(x.shape[0], -1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation, dropout, embeddings
+
+
+def layer_norm_init(dim: int, *, dtype=jnp.float32) -> Params:
+    """Return ``{"scale": ones (dim,), "bias": zeros (dim,)}`` for :func:`layer_norm`."""
+    return {"scale": jnp.ones((dim,), dtype), "bias": jnp.zeros((dim,), dtype)}
+
+
+def layer_norm(params: Params, x: jax.Array, *, eps: float = 1e-5) -> jax.Array:
+    """Normalise the last axis to zero mean and unit variance, then scale and shift.
+
+    y = (x - mean(x)) / sqrt(var(x) + eps) · scale + bias   (Ba et al. 2016)
+    """
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centered = x - mean
+    var = jnp.mean(centered * centered, axis=-1, keepdims=True)
+    return centered * lax.rsqrt(var + eps) * params["scale"] + params["bias"]
+
+
+def dropout(
+    x: jax.Array,
+    rate: float,
+    *,
+    key: jax.Array | None,
+    train: bool,
+    where: str = "dropout",
+) -> jax.Array:
+    """Inverted dropout: zero each element with probability ``rate`` and scale the rest by
+    1 / (1 - rate) when ``train``; the identity when not ``train`` or ``rate == 0``.
+
+    ``rate`` and ``train`` are Python values (static under jit). ``train=True`` with a positive
+    rate needs an explicit ``key``; without one this raises ``ValueError``.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"{where}: dropout rate must be in [0, 1), got {rate!r}")
+    if not train or rate == 0.0:
+        return x
+    if key is None:
+        raise ValueError(
+            f"{where}: dropout with train=True needs a random key: pass key=jax.random.key(seed) "
+            "(a fresh one each step), or train=False to evaluate without dropout."
+        )
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+EMBEDDING_INIT = initializers.normal(0.02)
+
+
+def embedding_init(
+    key: jax.Array,
+    num_embeddings: int,
+    dim: int,
+    *,
+    init: str | Initializer = EMBEDDING_INIT,
+    dtype=jnp.float32,
+) -> jax.Array:
+    """Return an embedding table of shape ``(num_embeddings, dim)``, N(0, 0.02²) by default."""
+    return initializers.get(init)(key, (num_embeddings, dim), dtype)
+
+
+def embed(table: jax.Array, ids: jax.Array) -> jax.Array:
+    """Look up rows of ``table`` (num_embeddings, dim) at integer ``ids``: y[..., :] = table[ids].
+
+    Ids outside [0, num_embeddings) give NaN rows (``jnp.take``'s "fill" mode), never a
+    silently clamped row.
+    """
+    return jnp.take(table, ids, axis=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-head self-attention
+
+
+def attention_init(
+    key: jax.Array,
+    d_model: int,
+    *,
+    w_init: str | Initializer = "glorot_uniform",
+    dtype=jnp.float32,
+) -> Params:
+    """Return the query, key, value and output projections ``{"wq", "bq", "wk", "bk", "wv",
+    "bv", "wo", "bo"}``, each weight ``(d_model, d_model)`` and bias ``(d_model,)``.
+
+    The number of heads is not stored: it is an argument of :func:`multi_head_attention`.
+    """
+    keys = jax.random.split(key, 4)
+    params = {}
+    for name, k in zip("qkvo", keys):
+        layer = dense_init(k, d_model, d_model, w_init=w_init, dtype=dtype)
+        params[f"w{name}"], params[f"b{name}"] = layer["W"], layer["b"]
+    return params
+
+
+def causal_mask(seq: int) -> np.ndarray:
+    """Boolean ``(seq, seq)`` mask, True where query i may attend to key j (j <= i)."""
+    return np.tril(np.ones((seq, seq), dtype=bool))
+
+
+def multi_head_attention(
+    params: Params,
+    x: jax.Array,
+    *,
+    num_heads: int,
+    causal: bool = False,
+    where: str = "attention",
+) -> jax.Array:
+    """Multi-head scaled dot-product self-attention over ``x`` of shape ``(..., seq, d_model)``.
+
+    head_h = softmax(Q_h K_hᵀ / sqrt(d_head) + mask) V_h,  y = concat_h(head_h) @ wo + bo,
+    with Q = x @ wq + bq (likewise K, V) split into ``num_heads`` heads of d_head = d_model /
+    num_heads. ``causal=True`` lets position i attend only to positions j <= i (Vaswani et al.
+    2017).
+    """
+    d_model = params["wq"].shape[0]
+    if num_heads < 1 or d_model % num_heads:
+        raise ValueError(
+            f"{where}: num_heads={num_heads} must be a positive divisor of d_model={d_model}"
+        )
+    d_head = d_model // num_heads
+    seq = x.shape[-2]
+
+    def split_heads(t: jax.Array) -> jax.Array:  # (..., seq, d_model) -> (..., seq, heads, d_head)
+        return t.reshape(*t.shape[:-1], num_heads, d_head)
+
+    q = split_heads(x @ params["wq"] + params["bq"])
+    k = split_heads(x @ params["wk"] + params["bk"])
+    v = split_heads(x @ params["wv"] + params["bv"])
+    scores = jnp.einsum("...qhd,...khd->...hqk", q, k) / math.sqrt(d_head)
+    if causal:
+        # A large finite negative, not -inf: exp() of it is 0 and no row is ever all -inf.
+        scores = jnp.where(causal_mask(seq), scores, jnp.finfo(scores.dtype).min)
+    weights = jax.nn.softmax(scores, axis=-1)
+    heads = jnp.einsum("...hqk,...khd->...qhd", weights, v)
+    return heads.reshape(*heads.shape[:-2], d_model) @ params["wo"] + params["bo"]
