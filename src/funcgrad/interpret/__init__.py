@@ -1,0 +1,28 @@
+"""The hand-written VJP interpreter: trace to a jaxpr, evaluate forward, walk backwards.
+
+``trace.py`` evaluates a jaxpr keeping every value, ``backward.py`` walks it in reverse applying
+the rules registered in ``rules/`` (one per primitive, grouped by family), and ``api.py`` gives it
+JAX's contracts: ``grad``, ``value_and_grad``, ``vjp``, ``jacrev``, ``hessian`` and ``trace``.
+"""
+
+from funcgrad.interpret.api import grad, hessian, jacrev, trace, value_and_grad, vjp
+from funcgrad.interpret.errors import RuleError, UnsupportedPrimitiveError
+from funcgrad.interpret.rules import supported_primitives, vjp_rule, zero_vjp
+from funcgrad.interpret.tagging import tag
+from funcgrad.interpret.trace import Trace
+
+__all__ = [
+    "RuleError",
+    "Trace",
+    "UnsupportedPrimitiveError",
+    "grad",
+    "hessian",
+    "jacrev",
+    "supported_primitives",
+    "tag",
+    "trace",
+    "value_and_grad",
+    "vjp",
+    "vjp_rule",
+    "zero_vjp",
+]

@@ -1,0 +1,448 @@
+"""``grad``, ``value_and_grad``, ``vjp``, ``jacrev``, ``hessian`` and ``trace``: JAX's contracts.
+
+Each call traces the function afresh with ``jax.make_jaxpr`` (so, like ``jax.grad``, it sees the
+current values of globals), evaluates the jaxpr forward keeping every value, and walks it
+backwards with funcgrad's rules. Pytrees in and out, ``argnums`` as an int or a tuple, ``has_aux``,
+float0 cotangents for integer inputs, and the same errors as JAX for non-scalar or integer
+outputs.
+
+Every argument leaf that is an array becomes a jaxpr input (the differentiated ones are marked
+active), so the graph can name data inputs too; non-array leaves of non-differentiated arguments
+(Python numbers, strings, flags) stay static, as they do under ``jax.grad``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import dtypes, lax
+from jax.extend.core import ClosedJaxpr, Literal, Var
+
+from funcgrad._paths import path_to_str
+from funcgrad.interpret.backward import backward
+from funcgrad.interpret.tagging import tag_p
+from funcgrad.interpret.trace import Trace, evaluate, is_differentiable
+
+__all__ = ["grad", "hessian", "jacrev", "trace", "value_and_grad", "vjp"]
+
+_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
+
+
+def _argnums_tuple(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+    if not nums:
+        raise ValueError("argnums must name at least one argument, got an empty sequence")
+    for n in nums:
+        if not isinstance(n, int):
+            raise TypeError(f"argnums must be ints, got {n!r}")
+        if not -nargs <= n < nargs:
+            raise ValueError(
+                f"argnums={argnums!r} is out of range for a function called with {nargs} "
+                f"positional argument(s)"
+            )
+    return tuple(n % nargs for n in nums)
+
+
+def _dtype_of(x: Any) -> np.dtype:
+    dt = getattr(x, "dtype", None)
+    if dt is not None:
+        return np.dtype(dt) if not dtypes.issubdtype(dt, dtypes.extended) else dt
+    return dtypes.canonicalize_dtype(np.result_type(x))
+
+
+def _arg_names(fun: Callable, nargs: int) -> list[str]:
+    """Names for positional arguments, from the signature where it has them."""
+    names = [f"args[{i}]" for i in range(nargs)]
+    try:
+        import inspect
+
+        params = [
+            p
+            for p in inspect.signature(fun).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+    except (TypeError, ValueError):
+        return names
+    for i, p in enumerate(params[:nargs]):
+        names[i] = p.name
+    return names
+
+
+class _Traced:
+    """A function traced on specific arguments: the jaxpr and how to map leaves in and out."""
+
+    def __init__(
+        self,
+        fun: Callable,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        argnums: tuple[int, ...],
+        has_aux: bool,
+    ) -> None:
+        self.argnums = argnums
+        self.arg_trees: list[Any] = []
+        self.arg_slices: list[slice] = []
+        dyn: list[Any] = []
+        diff: list[bool] = []
+        names: list[str] = []
+        slots_per_arg: list[list[tuple[bool, Any]]] = []
+        arg_names = _arg_names(fun, len(args))
+        single = len(argnums) == 1
+        for i, arg in enumerate(args):
+            with_paths, treedef = jax.tree_util.tree_flatten_with_path(arg)
+            self.arg_trees.append(treedef)
+            start = len(dyn)
+            slots = []
+            for path, leaf in with_paths:
+                is_dyn = i in argnums or isinstance(leaf, _ARRAY_TYPES)
+                slots.append((is_dyn, None if is_dyn else leaf))
+                if is_dyn:
+                    dyn.append(leaf)
+                    diff.append(i in argnums)
+                    sub = path_to_str(path, lead=".")
+                    if i in argnums and single and sub:
+                        names.append(sub.removeprefix("."))
+                    else:
+                        names.append(arg_names[i] + sub)
+            slots_per_arg.append(slots)
+            self.arg_slices.append(slice(start, len(dyn)))
+        self.dyn_args = dyn
+        self.diff = diff
+        self.input_names = names
+        store: dict[str, Any] = {}
+
+        def flat_fun(*leaves: Any) -> list[Any]:
+            it = iter(leaves)
+            rebuilt = []
+            for treedef, slots in zip(self.arg_trees, slots_per_arg):
+                vals = [next(it) if is_dyn else leaf for is_dyn, leaf in slots]
+                rebuilt.append(jax.tree_util.tree_unflatten(treedef, vals))
+            out = fun(*rebuilt, **kwargs)
+            aux: Any = None
+            if has_aux:
+                if not (isinstance(out, tuple) and len(out) == 2):
+                    raise TypeError(
+                        "with has_aux=True the function must return a pair (output, aux), "
+                        f"got {type(out).__name__}"
+                    )
+                out, aux = out
+            out_leaves, store["out_tree"] = jax.tree_util.tree_flatten(out)
+            aux_leaves, store["aux_tree"] = jax.tree_util.tree_flatten(aux)
+            store["n_out"] = len(out_leaves)
+            return [*out_leaves, *aux_leaves]
+
+        # A fresh closure per call: make_jaxpr caches on the function object, and a cached trace
+        # would not see globals that changed since (jax.grad always re-traces, and so do we).
+        self.closed: ClosedJaxpr = jax.make_jaxpr(flat_fun)(*dyn)
+        self.out_tree = store["out_tree"]
+        self.aux_tree = store["aux_tree"]
+        self.n_out: int = store["n_out"]
+
+    @property
+    def out_avals(self) -> list[Any]:
+        return [v.aval for v in self.closed.jaxpr.outvars[: self.n_out]]
+
+    def evaluate(self) -> Trace:
+        closed = self.closed
+        return evaluate(closed.jaxpr, closed.consts, self.dyn_args, self.diff)
+
+    def split_outputs(self, values: list[Any]) -> tuple[Any, Any]:
+        values = [v if isinstance(v, jax.Array) else jnp.asarray(v) for v in values]
+        out = jax.tree_util.tree_unflatten(self.out_tree, values[: self.n_out])
+        aux = jax.tree_util.tree_unflatten(self.aux_tree, values[self.n_out :])
+        return out, aux
+
+    def grads_tree(self, in_cts: list[Any]) -> tuple[Any, ...]:
+        """Per differentiated argument, the pytree of its cotangents (zeros where none flowed)."""
+        invars = self.closed.jaxpr.invars
+        grads = []
+        for i in self.argnums:
+            sl = self.arg_slices[i]
+            leaves = [_cotangent_or_zero(ct, v.aval) for ct, v in zip(in_cts[sl], invars[sl])]
+            grads.append(jax.tree_util.tree_unflatten(self.arg_trees[i], leaves))
+        return tuple(grads)
+
+
+def _cotangent_or_zero(ct: Any, aval: Any) -> Any:
+    """A dense cotangent: zeros where none flowed, float0 zeros for integer inputs (as JAX)."""
+    if not is_differentiable(aval):
+        return np.zeros(aval.shape, dtype=dtypes.float0)
+    if ct is None:
+        return jnp.zeros(aval.shape, aval.dtype)
+    return ct
+
+
+def _check_grad_inputs(traced: _Traced, fname: str) -> None:
+    for x, is_diff in zip(traced.dyn_args, traced.diff):
+        if not is_diff:
+            continue
+        dt = _dtype_of(x)
+        if not dtypes.issubdtype(dt, np.inexact):
+            raise TypeError(
+                f"{fname} requires real- or complex-valued inputs (input dtype that is a "
+                f"sub-dtype of np.inexact), but got {dt}. If you want to use Boolean- or "
+                f"integer-valued inputs, use fg.vjp (integer inputs get float0 cotangents)."
+            )
+
+
+def _scalar_seed(traced: _Traced, fname: str) -> Any:
+    """The output cotangent 1.0, after checking the output is a real scalar, as jax.grad does."""
+    if traced.n_out != 1:
+        raise TypeError(
+            f"{fname} requires a function with a single scalar output, but its output is a "
+            f"pytree with {traced.n_out} leaves"
+        )
+    aval = traced.out_avals[0]
+    if aval.shape != ():
+        raise TypeError(
+            "Gradient only defined for scalar-output functions. "
+            f"Output had shape: {tuple(aval.shape)}."
+        )
+    if not dtypes.issubdtype(aval.dtype, np.floating):
+        raise TypeError(
+            f"{fname} requires real-valued outputs (output dtype that is a sub-dtype of "
+            f"np.floating), but got {aval.dtype}. For complex or integer outputs use fg.vjp."
+        )
+    return lax.full((), 1, aval.dtype)
+
+
+def value_and_grad(
+    fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False
+) -> Callable[..., Any]:
+    """Like ``jax.value_and_grad``: ``f(*args) -> ((value[, aux]), grads)`` from funcgrad's rules.
+
+    Grads have the structure of ``args[argnums]`` (a tuple of them when ``argnums`` is a tuple).
+    """
+
+    @functools.wraps(fun)
+    def value_and_grad_fun(*args: Any, **kwargs: Any) -> Any:
+        nums = _argnums_tuple(argnums, len(args))
+        traced = _Traced(fun, args, kwargs, nums, has_aux)
+        _check_grad_inputs(traced, "grad")
+        seed = _scalar_seed(traced, "grad")
+        tr = traced.evaluate()
+        outs = tr.outputs
+        in_cts = backward(tr, [seed] + [None] * (len(outs) - 1))
+        grads = traced.grads_tree(in_cts)
+        value, aux = traced.split_outputs(outs)
+        g = grads[0] if isinstance(argnums, int) else grads
+        return ((value, aux), g) if has_aux else (value, g)
+
+    return value_and_grad_fun
+
+
+def grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False) -> Callable:
+    """Like ``jax.grad``: the gradient of scalar ``fun`` w.r.t. ``args[argnums]``, by funcgrad.
+
+    The function is traced to a jaxpr, evaluated forward keeping every value, and differentiated
+    backwards with one hand-written VJP rule per primitive. Composes with ``jax.jit``,
+    ``jax.vmap``, ``jax.grad`` and itself.
+    """
+    vg = value_and_grad(fun, argnums, has_aux)
+
+    @functools.wraps(fun)
+    def grad_fun(*args: Any, **kwargs: Any) -> Any:
+        if has_aux:
+            (_, aux), g = vg(*args, **kwargs)
+            return g, aux
+        return vg(*args, **kwargs)[1]
+
+    return grad_fun
+
+
+def vjp(fun: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
+    """Like ``jax.vjp``: ``(out, vjp_fn)`` (and ``aux``), ``vjp_fn(ct)`` a tuple per primal."""
+    if not primals:
+        raise TypeError("fg.vjp needs at least one primal argument to differentiate")
+    traced = _Traced(fun, primals, {}, tuple(range(len(primals))), has_aux)
+    tr = traced.evaluate()
+    outs = tr.outputs
+    out, aux = traced.split_outputs(outs)
+    out_avals = traced.out_avals
+    n_aux = len(outs) - traced.n_out
+
+    def vjp_fn(ct: Any) -> tuple[Any, ...]:
+        ct_leaves, ct_tree = jax.tree_util.tree_flatten(ct)
+        if ct_tree != traced.out_tree:
+            raise ValueError(
+                "unexpected tree structure of argument to vjp function: "
+                f"got {ct_tree}, but expected to match {traced.out_tree}"
+            )
+        seeds = []
+        for leaf, aval in zip(ct_leaves, out_avals):
+            if not is_differentiable(aval):
+                seeds.append(None)  # integer outputs take float0 cotangents: nothing flows
+                continue
+            shape = np.shape(leaf)
+            if tuple(shape) != tuple(aval.shape):
+                raise ValueError(
+                    "unexpected JAX type (e.g. shape/dtype) for argument to vjp function: got "
+                    f"shape {tuple(shape)}, but expected {aval.str_short()} because the "
+                    "corresponding output of the function had that shape/dtype"
+                )
+            seeds.append(jnp.asarray(leaf, aval.dtype))
+        in_cts = backward(tr, seeds + [None] * n_aux)
+        return traced.grads_tree(in_cts)
+
+    return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
+
+
+def _replace_args(args: tuple[Any, ...], nums: tuple[int, ...], new: Sequence[Any]) -> list[Any]:
+    out = list(args)
+    for i, x in zip(nums, new):
+        out[i] = x
+    return out
+
+
+def jacrev(fun: Callable, argnums: int | Sequence[int] = 0) -> Callable[..., Any]:
+    """Like ``jax.jacrev``: the Jacobian, one funcgrad VJP per output element (vmapped).
+
+    The result has the output's structure outside and ``args[argnums]``'s inside; each leaf has
+    shape ``out_leaf.shape + in_leaf.shape``.
+    """
+
+    @functools.wraps(fun)
+    def jac_fun(*args: Any, **kwargs: Any) -> Any:
+        nums = _argnums_tuple(argnums, len(args))
+
+        def partial_fun(*dyn: Any) -> Any:
+            return fun(*_replace_args(args, nums, dyn), **kwargs)
+
+        out, pullback = vjp(partial_fun, *(args[i] for i in nums))
+        out_leaves, out_tree = jax.tree_util.tree_flatten(out)
+        sizes = [int(np.prod(leaf.shape)) for leaf in out_leaves]
+        offsets = np.cumsum([0, *sizes])
+        total = int(offsets[-1])
+        dtype = jnp.result_type(*out_leaves) if out_leaves else jnp.float32
+
+        def pull_row(e: Any) -> tuple[Any, ...]:
+            cts = [
+                e[offsets[k] : offsets[k + 1]].reshape(leaf.shape).astype(leaf.dtype)
+                for k, leaf in enumerate(out_leaves)
+            ]
+            return pullback(jax.tree_util.tree_unflatten(out_tree, cts))
+
+        rows = jax.vmap(pull_row)(jnp.eye(total, dtype=dtype))
+        per_out = []
+        for k, leaf in enumerate(out_leaves):
+            lo, hi = int(offsets[k]), int(offsets[k + 1])
+            per_out.append(
+                jax.tree_util.tree_map(
+                    lambda j, lo=lo, hi=hi, shape=leaf.shape: j[lo:hi].reshape(
+                        (*shape, *j.shape[1:])
+                    ),
+                    rows,
+                )
+            )
+        if isinstance(argnums, int):
+            per_out = [p[0] for p in per_out]
+        return jax.tree_util.tree_unflatten(out_tree, per_out)
+
+    return jac_fun
+
+
+def hessian(fun: Callable, argnums: int | Sequence[int] = 0) -> Callable[..., Any]:
+    """Like ``jax.hessian`` but reverse-over-reverse with funcgrad only: ``jacrev(grad(f))``."""
+    return jacrev(grad(fun, argnums), argnums)
+
+
+def trace(
+    fun: Callable,
+    *args: Any,
+    argnums: int | Sequence[int] = 0,
+    has_aux: bool = False,
+    out_cotangent: Any = None,
+    **kwargs: Any,
+) -> Trace:
+    """Evaluate ``fun(*args, **kwargs)`` and its backward pass, keeping every value and cotangent.
+
+    The returned :class:`Trace` holds the jaxpr, the value and cotangent of every variable (nested
+    ones inside ``jit``/``custom_jvp`` bodies too), the output (``.value``, ``.aux``) and the
+    gradients (``.grads``, with the structure ``fg.grad`` returns). ``.cotangent("logits")`` gives
+    the cotangent of a value tagged with ``fg.tag``, or of an input by its name
+    (``"layers[0].W"``). ``out_cotangent`` seeds a non-scalar output (default: 1.0 for scalars).
+    """
+    nums = _argnums_tuple(argnums, len(args))
+    traced = _Traced(fun, args, kwargs, nums, has_aux)
+    tr = traced.evaluate()
+    outs = tr.outputs
+    if out_cotangent is None:
+        seeds = [_scalar_seed(traced, "fg.trace")]
+    else:
+        leaves, tree = jax.tree_util.tree_flatten(out_cotangent)
+        if tree != traced.out_tree:
+            raise ValueError(
+                f"out_cotangent has tree structure {tree}, but the output has {traced.out_tree}"
+            )
+        seeds = [jnp.asarray(leaf, aval.dtype) for leaf, aval in zip(leaves, traced.out_avals)]
+    in_cts = backward(tr, seeds + [None] * (len(outs) - traced.n_out), keep=True)
+    grads = traced.grads_tree(in_cts)
+    value, aux = traced.split_outputs(outs)
+    tr.closed_jaxpr = traced.closed
+    tr.input_names = traced.input_names
+    tr.differentiated = list(traced.diff)
+    tr.value = value
+    tr.aux = aux if has_aux else None
+    tr.grads = grads[0] if isinstance(argnums, int) else grads
+    return tr
+
+
+def _find_tags(tr: Trace, name: str) -> list[tuple[Trace, Var]]:
+    found = []
+    for eqn in tr.jaxpr.eqns:
+        if eqn.primitive is tag_p and eqn.params["name"] == name:
+            found.append((tr, eqn.outvars[0]))
+    for _, _, record in tr.eqn_records():
+        if isinstance(record, Trace):
+            found.extend(_find_tags(record, name))
+    return found
+
+
+def tag_names(tr: Trace) -> list[str]:
+    """Names of every ``fg.tag`` reachable in ``tr`` (nested calls included), in order."""
+    names = [e.params["name"] for e in tr.jaxpr.eqns if e.primitive is tag_p]
+    for _, _, record in tr.eqn_records():
+        if isinstance(record, Trace):
+            names.extend(tag_names(record))
+    return names
+
+
+def lookup(tr: Trace, name: str) -> tuple[Trace, Any]:
+    """The (trace, variable) a name refers to: a differentiated input's path or a tag."""
+    names = getattr(tr, "input_names", None) or []
+    if name in names:
+        return tr, tr.jaxpr.invars[names.index(name)]
+    found = _find_tags(tr, name)
+    if not found:
+        known = [*names, *tag_names(tr)]
+        raise KeyError(
+            f"no input or fg.tag named {name!r} in this trace; known names: {known}. "
+            "Tags inside scan or cond bodies are not kept per iteration."
+        )
+    if len(found) > 1:
+        raise KeyError(
+            f"fg.tag name {name!r} appears {len(found)} times in this trace; give each tag a "
+            "distinct name (e.g. f'h{i}' in a loop)"
+        )
+    return found[0]
+
+
+def cotangent_of(tr: Trace, name: str) -> Any:
+    """funcgrad's cotangent of the input or tagged value ``name`` (zeros if none flowed)."""
+    owner, v = lookup(tr, name)
+    if isinstance(v, Literal):
+        raise KeyError(f"{name!r} is a literal constant; it has no cotangent")
+    cts = owner.cotangents or {}
+    ct = cts.get(v)
+    return jnp.zeros(v.aval.shape, v.aval.dtype) if ct is None else ct
+
+
+def value_of(tr: Trace, name: str) -> Any:
+    """The forward value of the input or tagged value ``name``."""
+    owner, v = lookup(tr, name)
+    return owner.read(v)

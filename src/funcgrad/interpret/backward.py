@@ -1,0 +1,158 @@
+"""The reverse walk: from output cotangents to input cotangents, one equation at a time.
+
+Cotangents are accumulated per variable (a variable read twice gets the sum of both
+contributions), ``None`` stands for a symbolic zero, and only *active* variables (see
+:mod:`funcgrad.interpret.trace`) are ever given one. Each equation's rule comes from the registry;
+the walk itself knows nothing about any particular primitive.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+from jax import lax
+from jax.extend.core import DropVar, Literal, Var
+
+from funcgrad.interpret.errors import RuleError, UnsupportedPrimitiveError, source_line
+from funcgrad.interpret.rules import RuleSpec, lookup_higher_order, lookup_vjp
+from funcgrad.interpret.trace import Trace, is_differentiable
+
+__all__ = ["backward", "instantiate", "zeros_like_aval"]
+
+# Whether nested backward passes (inside jit, custom_jvp, ... bodies) keep every cotangent too.
+_KEEP_COTANGENTS: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "funcgrad_keep_cotangents", default=False
+)
+
+
+def zeros_like_aval(aval: Any) -> Any:
+    """A dense zero of ``aval``'s shape and dtype."""
+    return lax.full(aval.shape, 0, aval.dtype)
+
+
+def instantiate(ct: Any, aval: Any) -> Any:
+    """``ct``, or a dense zero of ``aval`` where ``ct`` is the symbolic zero ``None``."""
+    return zeros_like_aval(aval) if ct is None else ct
+
+
+def _fit(ct: Any, v: Var, eqn: Any) -> Any:
+    """Check a rule's cotangent against its input's aval and cast it to the input's dtype."""
+    aval = v.aval
+    shape = getattr(ct, "shape", None)
+    if shape is None:
+        ct = jnp.asarray(ct)
+        shape = ct.shape
+    if tuple(shape) != tuple(aval.shape):
+        raise RuleError(
+            f"the VJP rule for '{eqn.primitive.name}' (at {source_line(eqn)}) returned a "
+            f"cotangent of shape {tuple(shape)} for an input of shape {tuple(aval.shape)}"
+        )
+    if ct.dtype != aval.dtype:
+        ct = lax.convert_element_type(ct, aval.dtype)
+    return ct
+
+
+def _call_rule(spec: RuleSpec, eqn: Any, trace: Trace, cts: list[Any], needs: list[bool]) -> Any:
+    values = trace.values
+    invals = [v.val if isinstance(v, Literal) else values[v] for v in eqn.invars]
+    kwargs: dict[str, Any] = {}
+    if eqn.primitive.multiple_results:
+        ct_arg: Any = [
+            instantiate(c, v.aval) if c is None and is_differentiable(v.aval) else c
+            for c, v in zip(cts, eqn.outvars)
+        ]
+        if spec.wants_out:
+            kwargs["out"] = [None if isinstance(v, DropVar) else values[v] for v in eqn.outvars]
+    else:
+        ct_arg = cts[0]
+        if spec.wants_out:
+            kwargs["out"] = values[eqn.outvars[0]]
+    if spec.wants_needs:
+        kwargs["needs"] = tuple(needs)
+    params = eqn.params
+    if spec.param_names is None:
+        kwargs.update(params)
+    else:
+        for name in spec.param_names:
+            if name in params:
+                kwargs[name] = params[name]
+    return spec.fn(ct_arg, *invals, **kwargs)
+
+
+def backward(trace: Trace, out_cts: Sequence[Any], *, keep: bool | None = None) -> list[Any]:
+    """Cotangents of ``trace``'s jaxpr inputs given its output cotangents (``None`` = zero).
+
+    With ``keep=True`` the cotangent of every variable stays in ``trace.cotangents`` (for
+    ``fg.trace`` and the graph renderer), in nested traces too; otherwise each is dropped once it
+    has been used. ``keep=None`` inherits the setting of the enclosing backward pass.
+    """
+    if keep is None:
+        keep = _KEEP_COTANGENTS.get()
+    token = _KEEP_COTANGENTS.set(keep)
+    try:
+        return _backward(trace, out_cts, keep)
+    finally:
+        _KEEP_COTANGENTS.reset(token)
+
+
+def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool) -> list[Any]:
+    jaxpr = trace.jaxpr
+    active = trace.active
+    cts: dict[Var, Any] = {}
+
+    def accumulate(v: Any, ct: Any) -> None:
+        if ct is None or isinstance(v, (Literal, DropVar)) or v not in active:
+            return
+        prev = cts.get(v)
+        cts[v] = ct if prev is None else lax.add(prev, ct)
+
+    for v, ct in zip(jaxpr.outvars, out_cts, strict=True):
+        accumulate(v, ct)
+
+    kept: dict[Var, Any] = {}
+    for i in range(len(jaxpr.eqns) - 1, -1, -1):
+        eqn = jaxpr.eqns[i]
+        eqn_cts = [None if isinstance(v, DropVar) else cts.get(v) for v in eqn.outvars]
+        if all(c is None for c in eqn_cts):
+            continue
+        if keep:
+            kept.update((v, c) for v, c in zip(eqn.outvars, eqn_cts) if c is not None)
+        needs = [not isinstance(v, Literal) and v in active for v in eqn.invars]
+        if not any(needs):
+            continue
+        name = eqn.primitive.name
+        higher = lookup_higher_order(name)
+        try:
+            if higher is not None:
+                invals = [trace.read(v) for v in eqn.invars]
+                in_cts = higher.backward(eqn, invals, trace.records.get(i), eqn_cts, needs)
+            else:
+                spec = lookup_vjp(name)
+                if spec is None:
+                    raise UnsupportedPrimitiveError(name, source_line(eqn), dict(eqn.params))
+                in_cts = _call_rule(spec, eqn, trace, eqn_cts, needs)
+        except (UnsupportedPrimitiveError, RuleError):
+            raise
+        except Exception as err:
+            err.add_note(f"funcgrad: in the VJP rule for '{name}' at {source_line(eqn)}")
+            raise
+        if len(in_cts) != len(eqn.invars):
+            raise RuleError(
+                f"the VJP rule for '{name}' returned {len(in_cts)} cotangents for "
+                f"{len(eqn.invars)} inputs"
+            )
+        for v, ct, need in zip(eqn.invars, in_cts, needs):
+            if need and ct is not None:
+                accumulate(v, _fit(ct, v, eqn))
+        if not keep:
+            for v in eqn.outvars:
+                cts.pop(v, None)
+
+    in_cts = [cts.get(v) for v in jaxpr.invars]
+    if keep:
+        kept.update(cts)
+        trace.cotangents = kept
+    return in_cts

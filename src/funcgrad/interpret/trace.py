@@ -1,0 +1,277 @@
+"""Forward evaluation of a jaxpr that keeps the value of every variable.
+
+``evaluate(jaxpr, consts, args, active)`` binds each equation's primitive in order, as
+``jax.core.eval_jaxpr`` does, but keeps every intermediate value in a :class:`Trace` and marks
+which variables are *active*: floating-point values that depend on a differentiated input. Only
+active variables ever receive a cotangent, which is how the backward pass skips work on data
+(labels, masks, integer indices) that no gradient flows through.
+
+Higher-order primitives (``jit``, ``scan``, ``custom_jvp_call``, ...) evaluate through their rule,
+which usually recurses into :func:`evaluate` and stores the nested :class:`Trace` as the
+equation's *record*.
+
+Everything here is traceable: under ``jax.jit`` or ``jax.vmap`` the values are tracers and the
+interpreter simply emits the primitives again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from jax import dtypes
+from jax.extend.core import DropVar, Jaxpr, JaxprEqn, Literal, Var
+
+from funcgrad.interpret.rules import lookup_higher_order
+
+__all__ = ["Trace", "evaluate", "is_differentiable", "jaxpr_activity", "read"]
+
+_DIFFERENTIABLE: dict[Any, bool] = {}
+
+
+def is_differentiable(aval: Any) -> bool:
+    """True for avals of inexact dtype (float or complex): the only ones that carry cotangents."""
+    dtype = getattr(aval, "dtype", None)
+    if dtype is None:
+        return False
+    known = _DIFFERENTIABLE.get(dtype)
+    if known is None:
+        known = _DIFFERENTIABLE[dtype] = bool(dtypes.issubdtype(dtype, np.inexact))
+    return known
+
+
+def read(env: dict[Var, Any], v: Any) -> Any:
+    """The value of ``v`` in ``env`` (a Literal carries its own value)."""
+    return v.val if isinstance(v, Literal) else env[v]
+
+
+class Trace:
+    """One evaluation of one jaxpr: the value of every variable, and later every cotangent.
+
+    ``values`` maps each :class:`Var` to its value, ``active`` is the set of variables that
+    depend on a differentiated input, ``records`` maps the index of each higher-order equation
+    to what its rule stored (usually a nested :class:`Trace`), and ``cotangents`` is filled in by
+    the backward pass when asked to keep them.
+    """
+
+    __slots__ = (
+        "active",
+        "aux",
+        "closed_jaxpr",
+        "consts",
+        "cotangents",
+        "differentiated",
+        "grads",
+        "input_names",
+        "invariant",
+        "jaxpr",
+        "records",
+        "value",
+        "values",
+    )
+
+    def __init__(
+        self,
+        jaxpr: Jaxpr,
+        consts: Sequence[Any],
+        values: dict[Var, Any],
+        active: set[Var],
+        records: dict[int, Any],
+        invariant: frozenset[Var],
+    ) -> None:
+        self.jaxpr = jaxpr
+        self.consts = list(consts)
+        self.values = values
+        self.active = active
+        self.records = records
+        self.invariant = invariant
+        self.cotangents: dict[Var, Any] | None = None
+        # Filled in by fg.trace for the top-level trace:
+        self.closed_jaxpr: Any = None
+        self.input_names: list[str] | None = None
+        self.differentiated: list[bool] | None = None
+        self.value: Any = None
+        self.aux: Any = None
+        self.grads: Any = None
+
+    def __repr__(self) -> str:
+        n = len(self.jaxpr.eqns)
+        done = "with cotangents" if self.cotangents is not None else "forward only"
+        return f"<funcgrad Trace: {n} equations, {len(self.values)} values, {done}>"
+
+    # ---- looking things up by name (fg.tag names and input paths) ----------------------------
+    def cotangent(self, name: str) -> Any:
+        """funcgrad's cotangent of the ``fg.tag``-ged value or input called ``name``."""
+        from funcgrad.interpret.api import cotangent_of
+
+        return cotangent_of(self, name)
+
+    def value_of(self, name: str) -> Any:
+        """The forward value of the ``fg.tag``-ged value or input called ``name``."""
+        from funcgrad.interpret.api import value_of
+
+        return value_of(self, name)
+
+    def tags(self) -> list[str]:
+        """Names of every ``fg.tag`` in this trace, nested calls included."""
+        from funcgrad.interpret.api import tag_names
+
+        return tag_names(self)
+
+    def draw(self, **kwargs: Any) -> Any:
+        """Draw this trace as a graphviz graph (see ``funcgrad.viz.draw_trace``)."""
+        from funcgrad.viz.graph import draw_trace
+
+        return draw_trace(self, **kwargs)
+
+    # ---- reading ----------------------------------------------------------------------------
+    def read(self, v: Any) -> Any:
+        """The value of variable ``v`` (or of a Literal)."""
+        return read(self.values, v)
+
+    @property
+    def outputs(self) -> list[Any]:
+        """The values of the jaxpr's outputs."""
+        return [read(self.values, v) for v in self.jaxpr.outvars]
+
+    def eqn_records(self) -> Iterator[tuple[int, JaxprEqn, Any]]:
+        """(index, equation, record) for each higher-order equation that stored a record."""
+        for i in sorted(self.records):
+            yield i, self.jaxpr.eqns[i], self.records[i]
+
+    # ---- residuals: a Trace as a flat list of arrays (for lax.scan) --------------------------
+    def _varying_vars(self) -> list[Var]:
+        ins = [v for v in self.jaxpr.invars if v not in self.invariant]
+        outs = [
+            v for eqn in self.jaxpr.eqns for v in eqn.outvars if not isinstance(v, DropVar)
+        ]
+        return ins + outs
+
+    def leaves(self) -> list[Any]:
+        """Every loop-varying value this trace holds, nested records included, in a fixed order."""
+        out = [self.values[v] for v in self._varying_vars()]
+        for i in sorted(self.records):
+            out.extend(_record_leaves(self.records[i]))
+        return out
+
+    def with_leaves(self, leaves: Sequence[Any]) -> Trace:
+        """A trace of the same structure whose varying values are ``leaves`` (see ``leaves``)."""
+        leaves = list(leaves)
+        varying = self._varying_vars()
+        values = {v: self.values[v] for v in self.jaxpr.constvars}
+        values.update((v, self.values[v]) for v in self.invariant)
+        values.update(zip(varying, leaves[: len(varying)]))
+        pos = len(varying)
+        records = {}
+        for i in sorted(self.records):
+            rec = self.records[i]
+            n = _record_size(rec)
+            records[i] = _record_with_leaves(rec, leaves[pos : pos + n])
+            pos += n
+        if pos != len(leaves):
+            raise AssertionError(f"trace residuals: expected {pos} leaves, got {len(leaves)}")
+        return Trace(self.jaxpr, self.consts, values, self.active, records, self.invariant)
+
+
+def _is_record(item: Any) -> bool:
+    return item is None or isinstance(item, (list, tuple)) or hasattr(item, "with_leaves")
+
+
+def _record_leaves(record: Any) -> list[Any]:
+    """Flatten a record: None, an object with ``leaves()`` (a Trace), or a list of them/arrays."""
+    if record is None:
+        return []
+    if hasattr(record, "with_leaves"):
+        return record.leaves()
+    out: list[Any] = []
+    for item in record:
+        out.extend(_record_leaves(item) if _is_record(item) else [item])
+    return out
+
+
+def _record_size(record: Any) -> int:
+    return len(_record_leaves(record))
+
+
+def _record_with_leaves(record: Any, leaves: list[Any]) -> Any:
+    if record is None:
+        return None
+    if hasattr(record, "with_leaves"):
+        return record.with_leaves(leaves)
+    out, pos = [], 0
+    for item in record:
+        if _is_record(item):
+            n = _record_size(item)
+            out.append(_record_with_leaves(item, leaves[pos : pos + n]))
+            pos += n
+        else:
+            out.append(leaves[pos])
+            pos += 1
+    return tuple(out) if isinstance(record, tuple) else out
+
+
+def _bind(eqn: JaxprEqn, invals: list[Any]) -> list[Any]:
+    out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
+    return list(out) if eqn.primitive.multiple_results else [out]
+
+
+def evaluate(
+    jaxpr: Jaxpr,
+    consts: Sequence[Any],
+    args: Sequence[Any],
+    active_in: Sequence[bool],
+    invariant_in: Sequence[bool] | None = None,
+) -> Trace:
+    """Evaluate ``jaxpr`` on ``args``, keeping every value; ``active_in`` marks differentiated args.
+
+    ``invariant_in`` marks arguments that stay the same across the iterations of an enclosing
+    loop (a scan's constants): they are left out of :meth:`Trace.leaves`.
+    """
+    if len(args) != len(jaxpr.invars):
+        raise TypeError(f"jaxpr takes {len(jaxpr.invars)} arguments, got {len(args)}")
+    values: dict[Var, Any] = dict(zip(jaxpr.constvars, consts))
+    active: set[Var] = set()
+    invariant = set(jaxpr.constvars)
+    for i, (v, x) in enumerate(zip(jaxpr.invars, args)):
+        values[v] = x
+        if active_in[i] and is_differentiable(v.aval):
+            active.add(v)
+        if invariant_in is not None and invariant_in[i]:
+            invariant.add(v)
+    records: dict[int, Any] = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        invals = [v.val if isinstance(v, Literal) else values[v] for v in eqn.invars]
+        in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
+        rule = lookup_higher_order(eqn.primitive.name)
+        if rule is not None:
+            outvals, out_active, record = rule.forward(eqn, invals, in_active)
+            if record is not None:
+                records[i] = record
+        else:
+            outvals = _bind(eqn, invals)
+            out_active = [any(in_active)] * len(eqn.outvars)
+        for v, x, a in zip(eqn.outvars, outvals, out_active):
+            if isinstance(v, DropVar):
+                continue
+            values[v] = x
+            if a and is_differentiable(v.aval):
+                active.add(v)
+    return Trace(jaxpr, consts, values, active, records, frozenset(invariant))
+
+
+def jaxpr_activity(jaxpr: Jaxpr, active_in: Sequence[bool]) -> list[bool]:
+    """Which outputs of ``jaxpr`` depend on its active inputs, without evaluating anything."""
+    active = {v for v, a in zip(jaxpr.invars, active_in) if a and is_differentiable(v.aval)}
+    for eqn in jaxpr.eqns:
+        in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
+        if not any(in_active):
+            continue
+        rule = lookup_higher_order(eqn.primitive.name)
+        out_active = (
+            rule.outputs_active(eqn, in_active) if rule is not None else [True] * len(eqn.outvars)
+        )
+        for v, a in zip(eqn.outvars, out_active):
+            if a and not isinstance(v, DropVar) and is_differentiable(v.aval):
+                active.add(v)
+    return [not isinstance(v, Literal) and v in active for v in jaxpr.outvars]
