@@ -77,6 +77,8 @@ def _describe(e: BaseException) -> str:
         return f"HTTP {e.code} {e.reason}"
     if isinstance(e, urllib.error.URLError):
         return f"unreachable ({e.reason})"
+    if isinstance(e, ConnectionError) and e.errno is None:  # raised by _fetch itself
+        return str(e)
     if isinstance(e, http.client.IncompleteRead):
         return (
             f"connection closed after {len(e.partial)} bytes, "
@@ -120,6 +122,11 @@ def _fetch(
                 digest.update(chunk)
                 f.write(chunk)
                 bar.update(len(chunk))
+            if announced is not None and received < announced:
+                raise ConnectionError(
+                    f"connection closed after {received} of the {announced} bytes announced "
+                    "(transfer cut short)"
+                )
             if size is not None and received != size:
                 raise ChecksumError(f"received {received} bytes, expected {size}")
             if digest.hexdigest() != sha256:

@@ -397,7 +397,10 @@ def _find_local(
                 if payload is None:  # not valid gzip: let the reader say so
                     payload = maybe_decompress(raw, name=str(path))
                 return path, payload
-            rejected.append(f"{path}: {problem}")
+            hint = ""
+            if fspec.idx_sha256 is None and payload is not None:
+                hint = " (a recompressed or uncompressed copy: pass verify=False to use it anyway)"
+            rejected.append(f"{path}: {problem}{hint}")
     return None
 
 
@@ -408,8 +411,8 @@ def _check_digest(path: Path, raw: bytes, fspec: IDXFileSpec) -> tuple[str | Non
         return None, maybe_decompress(raw, name=str(path))
     try:
         payload = maybe_decompress(raw, name=str(path))
-    except IDXFormatError as e:
-        return f"it is not a valid gzip file ({e})", None
+    except IDXFormatError:
+        return "it is not valid gzip data (truncated or corrupt)", None
     if fspec.idx_sha256 is not None:
         idx_digest = file_digest if payload is raw else _sha256(payload)
         if idx_digest == fspec.idx_sha256:
@@ -419,11 +422,7 @@ def _check_digest(path: Path, raw: bytes, fspec: IDXFileSpec) -> tuple[str | Non
             f"its IDX data {idx_digest} is not the known {fspec.idx_sha256}",
             payload,
         )
-    return (
-        f"its SHA-256 {file_digest} is not the published {fspec.sha256} (a recompressed or "
-        "uncompressed copy cannot be checked: pass verify=False to use it anyway)",
-        payload,
-    )
+    return f"its SHA-256 {file_digest} is not the published {fspec.sha256}", payload
 
 
 def _resolve_mirrors(spec: DatasetSpec, mirrors: Sequence[str] | None) -> list[str]:
