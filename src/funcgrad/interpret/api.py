@@ -30,9 +30,6 @@ from funcgrad.interpret.trace import Trace, evaluate, is_differentiable
 
 __all__ = ["grad", "hessian", "jacrev", "trace", "value_and_grad", "vjp"]
 
-_ARRAY_TYPES = (jax.Array, np.ndarray, np.generic)
-
-
 def _argnums_tuple(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
     nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     if not nums:
@@ -74,7 +71,13 @@ def _arg_names(fun: Callable, nargs: int) -> list[str]:
 
 
 class _Traced:
-    """A function traced on specific arguments: the jaxpr and how to map leaves in and out."""
+    """A function traced on specific arguments: the jaxpr and how to map leaves in and out.
+
+    Only the leaves of the differentiated arguments become jaxpr inputs; every other argument is
+    closed over exactly as ``jax.grad`` does (so a concrete array stays concrete, and Python
+    control flow on it works). Arrays among them end up as the jaxpr's constants, and are named
+    after the argument they came from when they can be recognised.
+    """
 
     def __init__(
         self,
@@ -85,43 +88,30 @@ class _Traced:
         has_aux: bool,
     ) -> None:
         self.argnums = argnums
-        self.arg_trees: list[Any] = []
-        self.arg_slices: list[slice] = []
+        self.arg_trees: dict[int, Any] = {}
+        self.arg_slices: dict[int, slice] = {}
         dyn: list[Any] = []
-        diff: list[bool] = []
         names: list[str] = []
-        slots_per_arg: list[list[tuple[bool, Any]]] = []
         arg_names = _arg_names(fun, len(args))
         single = len(argnums) == 1
-        for i, arg in enumerate(args):
-            with_paths, treedef = jax.tree_util.tree_flatten_with_path(arg)
-            self.arg_trees.append(treedef)
+        for i in argnums:
+            with_paths, treedef = jax.tree_util.tree_flatten_with_path(args[i])
+            self.arg_trees[i] = treedef
             start = len(dyn)
-            slots = []
             for path, leaf in with_paths:
-                is_dyn = i in argnums or isinstance(leaf, _ARRAY_TYPES)
-                slots.append((is_dyn, None if is_dyn else leaf))
-                if is_dyn:
-                    dyn.append(leaf)
-                    diff.append(i in argnums)
-                    sub = path_to_str(path, lead=".")
-                    if i in argnums and single and sub:
-                        names.append(sub.removeprefix("."))
-                    else:
-                        names.append(arg_names[i] + sub)
-            slots_per_arg.append(slots)
-            self.arg_slices.append(slice(start, len(dyn)))
+                dyn.append(leaf)
+                sub = path_to_str(path, lead=".")
+                names.append(sub.removeprefix(".") if single and sub else arg_names[i] + sub)
+            self.arg_slices[i] = slice(start, len(dyn))
         self.dyn_args = dyn
-        self.diff = diff
         self.input_names = names
         store: dict[str, Any] = {}
 
         def flat_fun(*leaves: Any) -> list[Any]:
-            it = iter(leaves)
-            rebuilt = []
-            for treedef, slots in zip(self.arg_trees, slots_per_arg):
-                vals = [next(it) if is_dyn else leaf for is_dyn, leaf in slots]
-                rebuilt.append(jax.tree_util.tree_unflatten(treedef, vals))
+            rebuilt = list(args)
+            for i in argnums:
+                sl = self.arg_slices[i]
+                rebuilt[i] = jax.tree_util.tree_unflatten(self.arg_trees[i], leaves[sl])
             out = fun(*rebuilt, **kwargs)
             aux: Any = None
             if has_aux:
@@ -142,6 +132,18 @@ class _Traced:
         self.out_tree = store["out_tree"]
         self.aux_tree = store["aux_tree"]
         self.n_out: int = store["n_out"]
+        self.const_names = self._name_consts(args, arg_names)
+
+    def _name_consts(self, args: tuple[Any, ...], arg_names: list[str]) -> list[str | None]:
+        """Names of the constants that are (by identity) leaves of undifferentiated args."""
+        by_id: dict[int, str] = {}
+        for i, arg in enumerate(args):
+            if i in self.argnums:
+                continue
+            for path, leaf in jax.tree_util.tree_flatten_with_path(arg)[0]:
+                if isinstance(leaf, jax.Array):
+                    by_id.setdefault(id(leaf), arg_names[i] + path_to_str(path, lead="."))
+        return [by_id.get(id(c)) for c in self.closed.consts]
 
     @property
     def out_avals(self) -> list[Any]:
@@ -149,7 +151,7 @@ class _Traced:
 
     def evaluate(self) -> Trace:
         closed = self.closed
-        return evaluate(closed.jaxpr, closed.consts, self.dyn_args, self.diff)
+        return evaluate(closed.jaxpr, closed.consts, self.dyn_args, [True] * len(self.dyn_args))
 
     def split_outputs(self, values: list[Any]) -> tuple[Any, Any]:
         values = [v if isinstance(v, jax.Array) else jnp.asarray(v) for v in values]
@@ -178,9 +180,7 @@ def _cotangent_or_zero(ct: Any, aval: Any) -> Any:
 
 
 def _check_grad_inputs(traced: _Traced, fname: str) -> None:
-    for x, is_diff in zip(traced.dyn_args, traced.diff):
-        if not is_diff:
-            continue
+    for x in traced.dyn_args:
         dt = _dtype_of(x)
         if not dtypes.issubdtype(dt, np.inexact):
             raise TypeError(
@@ -385,7 +385,7 @@ def trace(
     value, aux = traced.split_outputs(outs)
     tr.closed_jaxpr = traced.closed
     tr.input_names = traced.input_names
-    tr.differentiated = list(traced.diff)
+    tr.const_names = traced.const_names
     tr.value = value
     tr.aux = aux if has_aux else None
     tr.grads = grads[0] if isinstance(argnums, int) else grads

@@ -59,9 +59,9 @@ class Trace:
         "active",
         "aux",
         "closed_jaxpr",
+        "const_names",
         "consts",
         "cotangents",
-        "differentiated",
         "grads",
         "input_names",
         "invariant",
@@ -90,7 +90,7 @@ class Trace:
         # Filled in by fg.trace for the top-level trace:
         self.closed_jaxpr: Any = None
         self.input_names: list[str] | None = None
-        self.differentiated: list[bool] | None = None
+        self.const_names: list[str | None] | None = None
         self.value: Any = None
         self.aux: Any = None
         self.grads: Any = None
