@@ -2,15 +2,25 @@
 
 These primitives only move values around, so their VJPs move cotangents back: a broadcast's
 cotangent is summed, a reshape's reshaped back, a transpose's transposed by the inverse
-permutation.
+permutation, a slice's placed back into zeros, a concatenation's split. Every rule is exact (no
+arithmetic beyond the sums a broadcast or a tile needs), so funcgrad and ``jax.grad`` agree bit for
+bit here.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from jax import lax
+from jax import dtypes, lax
 
 from funcgrad.interpret.rules import vjp_rule
+
+
+def _zeros(shape, dtype):
+    return lax.full(shape, 0, dtype)
+
+
+def _scalar_zero(ct):
+    return np.zeros((), ct.dtype)  # a literal in the jaxpr, like JAX's own transposes use
 
 
 @vjp_rule(lax.broadcast_in_dim_p)
@@ -30,6 +40,100 @@ def reshape_vjp(ct, x, *dyn_shape):  # reshape is a relabelling: reshape ct back
     return (lax.reshape(ct, np.shape(x)), *([None] * len(dyn_shape)))
 
 
+@vjp_rule(lax.squeeze_p)
+def squeeze_vjp(ct, x):  # squeeze drops size-1 dims: put them back
+    return (lax.reshape(ct, np.shape(x)),)
+
+
+@vjp_rule(lax.transpose_p)
+def transpose_vjp(ct, x, *, permutation):  # d transpose(x, p) = transpose(ct, p^-1)
+    inverse = tuple(int(i) for i in np.argsort(permutation))
+    return (lax.transpose(ct, inverse),)
+
+
+@vjp_rule(lax.rev_p)
+def rev_vjp(ct, x, *, dimensions):  # reversal is its own inverse
+    return (lax.rev(ct, dimensions),)
+
+
 @vjp_rule(lax.convert_element_type_p)
-def convert_element_type_vjp(ct, x):  # d convert(x) = dx, cast back (by the interpreter)
+def convert_element_type_vjp(ct, x):
+    """d convert(x) = dx for float->float (the interpreter casts ct back); none for int/bool x."""
+    if not dtypes.issubdtype(x.dtype, np.inexact):
+        return (None,)
     return (ct,)
+
+
+@vjp_rule(lax.concatenate_p)
+def concatenate_vjp(ct, *xs, dimension, needs):
+    """d concat(x1, x2, ...) = the slices of ct at the cumulative offsets (one ``split``)."""
+    pieces = lax.split(ct, [np.shape(x)[dimension] for x in xs], axis=dimension)
+    return tuple(p if need else None for p, need in zip(pieces, needs))
+
+
+@vjp_rule(lax.split_p)
+def split_vjp(cts, x, *, sizes, axis):
+    """d split(x) = concatenate of the pieces' cotangents (zeros for pieces nobody reads)."""
+    shape = list(np.shape(x))
+    pieces = []
+    for ct, size in zip(cts, sizes):
+        if ct is None:
+            shape[axis] = size
+            ct = _zeros(tuple(shape), x.dtype)
+        pieces.append(ct)
+    return (lax.concatenate(pieces, axis),)
+
+
+@vjp_rule(lax.stack_p)
+def stack_vjp(ct, *xs, axis):  # d stack(x1, x2, ...) = unstack(ct)
+    return tuple(lax.unstack_p.bind(ct, axis=axis))
+
+
+@vjp_rule(lax.unstack_p)
+def unstack_vjp(cts, x, *, axis):
+    """d unstack(x) = stack of the pieces' cotangents (zeros for pieces nobody reads)."""
+    shape = tuple(n for d, n in enumerate(np.shape(x)) if d != axis)
+    pieces = [_zeros(shape, x.dtype) if ct is None else ct for ct in cts]
+    return (lax.stack_p.bind(*pieces, axis=axis),)
+
+
+@vjp_rule(lax.tile_p)
+def tile_vjp(ct, x, *, reps):
+    """d tile(x, reps) = ct viewed as (rep_0, n_0, rep_1, n_1, ...) summed over the rep axes."""
+    x_shape = np.shape(x)
+    interleaved = tuple(k for pair in zip(reps, x_shape) for k in pair)
+    rep_axes = tuple(2 * i for i in range(len(x_shape)))
+    return (lax.reduce_sum(lax.reshape(ct, interleaved), rep_axes),)
+
+
+@vjp_rule(lax.slice_p)
+def slice_vjp(ct, x, *, start_indices, limit_indices, strides):
+    """d x[start:limit:stride] = ct placed at the strided positions of zeros (one ``pad``)."""
+    x_shape = np.shape(x)
+    if strides is None or all(s == 1 for s in strides):
+        config = [(lo, n - hi, 0) for lo, hi, n in zip(start_indices, limit_indices, x_shape)]
+    else:
+        # The last element taken is start + (count-1)*stride; pad from there to the end.
+        config = []
+        for lo, n, stride, count in zip(start_indices, x_shape, strides, ct.shape):
+            end = lo + (count - 1) * stride + 1 if count else lo
+            config.append((lo, n - end, stride - 1))
+    return (lax.pad(ct, _scalar_zero(ct), config),)
+
+
+@vjp_rule(lax.pad_p)
+def pad_vjp(ct, x, padding_value, *, padding_config, needs):
+    """d pad(x, v): x gets ct un-padded (strided by interior+1); v gets sum(ct) - sum(x's part).
+
+    Negative lo/hi (cropping) come back as zeros: un-padding by -lo pads where pad cropped.
+    """
+    lo, hi, interior = zip(*padding_config) if padding_config else ((), (), ())
+    unpadded = lax.pad(ct, _scalar_zero(ct), [(-a, -b, 0) for a, b in zip(lo, hi)])
+    ct_x = lax.slice(
+        unpadded, (0,) * unpadded.ndim, unpadded.shape, tuple(i + 1 for i in interior)
+    )
+    ct_value = None
+    if needs[1]:
+        everything = tuple(range(ct.ndim))
+        ct_value = lax.sub(lax.reduce_sum(ct, everything), lax.reduce_sum(ct_x, everything))
+    return (ct_x if needs[0] else None, ct_value)
