@@ -1,0 +1,70 @@
+"""Primitives no cotangent flows through: their outputs are booleans, integers or PRNG keys.
+
+Comparisons, logical and bitwise ops, index generators (``iota``, ``argmax``), the PRNG machinery
+and effect-only primitives (``debug_print``) all get the zero rule: none of their inputs receives a
+cotangent, as in JAX (``defjvp_zero``, or no tangent at all). The interpreter never gives a
+cotangent to an integer, boolean or key value, so the backward walk skips these equations; what
+registering them does is declare them supported (``fg.supported_primitives()``, closure checks),
+and give the rare float-valued output (``bitcast_convert_type`` between float types) its zero.
+
+Piecewise-constant *float* functions (``floor``, ``sign``, ``stop_gradient``, ...) are zero too;
+they live with their elementwise relatives in ``elementwise.py``.
+"""
+
+from __future__ import annotations
+
+from jax.extend.core import primitives as prims
+
+from funcgrad.interpret.rules import zero_vjp
+
+# comparisons (the ``*_to`` forms compare totally ordered floats, NaNs included)
+zero_vjp(
+    prims.eq_p,
+    prims.ne_p,
+    prims.lt_p,
+    prims.le_p,
+    prims.gt_p,
+    prims.ge_p,
+    prims.eq_to_p,
+    prims.lt_to_p,
+    prims.le_to_p,
+)
+
+# logical and bitwise ops on booleans and integers
+zero_vjp(
+    prims.and_p,
+    prims.or_p,
+    prims.not_p,
+    prims.xor_p,
+    prims.population_count_p,
+    prims.clz_p,
+    prims.shift_left_p,
+    prims.shift_right_logical_p,
+    prims.shift_right_arithmetic_p,
+    "mulhi",
+    prims.reduce_and_p,
+    prims.reduce_or_p,
+    prims.reduce_xor_p,
+)
+
+# reinterpreting bits: JAX defines its derivative as zero (it is not a numeric conversion)
+zero_vjp(prims.bitcast_convert_type_p)
+
+# index generators and arg-reductions
+zero_vjp(prims.iota_p, prims.argmax_p, prims.argmin_p)
+
+# PRNG keys and random bits
+zero_vjp(
+    prims.random_seed_p,
+    prims.random_bits_p,
+    prims.random_split_p,
+    prims.random_fold_in_p,
+    "random_wrap",
+    "random_unwrap",
+    "random_clone",
+    prims.threefry2x32_p,
+    prims.rng_bit_generator_p,
+)
+
+# effects without outputs, and uninitialised buffers (cond residuals in jax.grad jaxprs)
+zero_vjp("debug_print", "debug_callback", prims.empty2_p)
