@@ -339,7 +339,7 @@ def _contiguous(array: np.ndarray) -> np.ndarray:
 
 
 def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(memoryview(_contiguous(array)).cast("B")).hexdigest()
+    return hashlib.sha256(_contiguous(array).reshape(-1).view(np.uint8)).hexdigest()
 
 
 def _write_leaf(zf: zipfile.ZipFile, entry: str, array: np.ndarray) -> None:
@@ -354,7 +354,7 @@ def _write_leaf(zf: zipfile.ZipFile, entry: str, array: np.ndarray) -> None:
 def _corrupt(path: Path, what: str) -> CheckpointError:
     return CheckpointError(
         f"{path}: {what}. The file is truncated or corrupted (e.g. a copy cut short, or a disk "
-        "error); it cannot be loaded. Use an earlier checkpoint."
+        "error); it cannot be loaded. Load an earlier checkpoint or a backup copy."
     )
 
 
@@ -397,27 +397,29 @@ def _read(path: Path) -> tuple[dict[str, Any], list[np.ndarray]]:
     """The validated manifest and the stored arrays (each checked against its SHA-256)."""
     manifest = _read_manifest(path)
     leaves = []
-    try:
-        with zipfile.ZipFile(path) as zf:
-            for record in manifest["leaves"]:
+    with zipfile.ZipFile(path) as zf:
+        for record in manifest["leaves"]:
+            try:
                 with zf.open(record["entry"]) as f:
                     array = np.lib.format.read_array(f, allow_pickle=False)
-                stored = record["stored"]
-                if list(array.shape) != stored["shape"] or array.dtype.str != stored["dtype"]:
-                    raise _corrupt(
-                        path,
-                        f"{record['path']} holds {array.dtype.str}{list(array.shape)}, "
-                        f"the manifest says {stored['dtype']}{stored['shape']}",
-                    )
-                if _digest(array) != record["sha256"]:
-                    raise _corrupt(path, f"the bytes of {record['path']} fail their SHA-256 check")
-                leaves.append(array)
-    except KeyError as e:
-        raise _corrupt(path, f"the entry {e} listed in the manifest is missing") from None
-    except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
-        if isinstance(e, CheckpointError | FileNotFoundError):
-            raise
-        raise _corrupt(path, f"reading the arrays failed ({type(e).__name__}: {e})") from e
+            except KeyError:
+                raise _corrupt(
+                    path, f"the entry {record['entry']} holding {record['path']} is missing"
+                ) from None
+            except (zipfile.BadZipFile, EOFError, ValueError, OSError) as e:
+                raise _corrupt(
+                    path, f"reading {record['path']} failed ({type(e).__name__}: {e})"
+                ) from e
+            stored = record["stored"]
+            if list(array.shape) != stored["shape"] or array.dtype.str != stored["dtype"]:
+                raise _corrupt(
+                    path,
+                    f"{record['path']} holds {array.dtype.str}{list(array.shape)}, "
+                    f"the manifest says {stored['dtype']}{stored['shape']}",
+                )
+            if _digest(array) != record["sha256"]:
+                raise _corrupt(path, f"the bytes of {record['path']} fail their SHA-256 check")
+            leaves.append(array)
     return manifest, leaves
 
 
