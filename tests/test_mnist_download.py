@@ -79,9 +79,11 @@ def tiny(monkeypatch):
         title="Tiny-MNIST",
         files=files,
         num_examples=dict(SIZES),
-        mirrors=("http://127.0.0.1:9/never-used/",),
     )
     monkeypatch.setitem(mnist_module.DATASETS, "mnist", spec)
+    # Nothing found by accident, and never the real mirrors (port 9 refuses connections).
+    monkeypatch.setitem(mnist_module.KNOWN_DIRS, "mnist", ())
+    monkeypatch.setitem(mnist_module.MIRRORS, "mnist", ("http://127.0.0.1:9/never-used/",))
     return dataclasses.make_dataclass("Tiny", ["spec", "arrays", "gz", "idx"])(
         spec, arrays, gz, idx
     )
@@ -271,10 +273,7 @@ def test_download_draws_progress_only_when_asked(tiny, server, tmp_path, capsys)
 
 
 def test_offline_with_nothing_names_files_dirs_and_fixes(tmp_path, monkeypatch):
-    spec = dataclasses.replace(
-        mnist_module.DATASETS["fashion-mnist"], known_dirs=(str(tmp_path / "usr-share"),)
-    )
-    monkeypatch.setitem(mnist_module.DATASETS, "fashion-mnist", spec)
+    monkeypatch.setitem(mnist_module.KNOWN_DIRS, "fashion-mnist", (str(tmp_path / "usr-share"),))
     with pytest.raises(DatasetNotFoundError) as info:
         load_mnist("fashion_mnist", "test", data_dir=tmp_path / "cache", download=False)
     message = str(info.value)
@@ -316,8 +315,9 @@ def test_recompressed_copy_is_accepted_by_its_idx_digest(tiny, tmp_path, monkeyp
         for split, fs in tiny.spec.files.items()
     }
     known = tmp_path / "usr-share"
-    spec = dataclasses.replace(tiny.spec, files=files, known_dirs=(str(known),))
+    spec = dataclasses.replace(tiny.spec, files=files)
     monkeypatch.setitem(mnist_module.DATASETS, "mnist", spec)
+    monkeypatch.setitem(mnist_module.KNOWN_DIRS, "mnist", (str(known),))
     known.mkdir()
     (known / "t10k-images-idx3-ubyte.gz").write_bytes(
         gzip.compress(tiny.idx["t10k-images-idx3-ubyte.gz"], mtime=0)

@@ -17,8 +17,8 @@ its decompressed IDX bytes is the known one: Debian recompressed its copy of Fas
 lost its file-name field, so its digest differs) but the IDX data inside is the same. For MNIST the
 decompressed digests are not recorded here, so a recompressed or uncompressed MNIST copy is
 rejected; to use it anyway pass ``verify=False`` (a warning names the file; the IDX reader still
-checks magic numbers, shapes, lengths and label range), or recompress nothing and download the
-published files.
+checks magic numbers, shapes, lengths and label range), or delete it and let ``load_mnist``
+download the published files.
 
 Verifying costs one SHA-256 pass over the file (~0.1 s for the 26 MB Fashion-MNIST training
 images). It is done once: the result is remembered for the process, and for files in the cache
@@ -103,14 +103,12 @@ class IDXFileSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
-    """What a data set's files are, where to get them, and what they must contain."""
+    """What a data set's files are and what they must contain (mirrors: ``MIRRORS[name]``)."""
 
     name: str
     title: str
     files: dict[str, tuple[IDXFileSpec, IDXFileSpec]]  # split -> (images, labels)
     num_examples: dict[str, int]  # split -> count
-    mirrors: tuple[str, ...]
-    known_dirs: tuple[str, ...] = ()
     image_shape: tuple[int, int] = (28, 28)
     num_classes: int = 10
     install_hint: str | None = None
@@ -147,8 +145,6 @@ DATASETS: dict[str, DatasetSpec] = {
             ),
         },
         num_examples={"train": 60000, "test": 10000},
-        mirrors=MIRRORS["mnist"],
-        known_dirs=KNOWN_DIRS["mnist"],
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
@@ -184,8 +180,6 @@ DATASETS: dict[str, DatasetSpec] = {
             ),
         },
         num_examples={"train": 60000, "test": 10000},
-        mirrors=MIRRORS["fashion-mnist"],
-        known_dirs=KNOWN_DIRS["fashion-mnist"],
         install_hint="on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist",
     ),
 }
@@ -249,7 +243,7 @@ def load_mnist(
     split = _split_name(split)
     cache_dir = Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
     cache_dir = cache_dir / spec.name
-    search_dirs = [cache_dir, *(Path(d).expanduser() for d in spec.known_dirs)]
+    search_dirs = [cache_dir, *(Path(d).expanduser() for d in KNOWN_DIRS.get(spec.name, ()))]
 
     payloads: dict[str, tuple[Path, bytes]] = {}
     rejected: list[str] = []
@@ -428,7 +422,7 @@ def _check_digest(path: Path, raw: bytes, fspec: IDXFileSpec) -> tuple[str | Non
 def _resolve_mirrors(spec: DatasetSpec, mirrors: Sequence[str] | None) -> list[str]:
     if mirrors is None:
         env = os.environ.get("FUNCGRAD_MIRRORS", "").split()
-        mirrors = env or spec.mirrors
+        mirrors = env or MIRRORS.get(spec.name, ())
     if isinstance(mirrors, str):
         mirrors = [mirrors]
     return [m if m.endswith("/") else m + "/" for m in mirrors]
@@ -480,7 +474,7 @@ def _where_to_put(
     if spec.install_hint:
         lines.append(f"  - {spec.install_hint}")
     lines.append(
-        f"  - download the files (e.g. from {spec.mirrors[0]}) and put them in {cache_dir}, "
+        f"  - download the files (e.g. from {MIRRORS[spec.name][0]}) and put them in {cache_dir}, "
         f"or in <dir>/{spec.name}/ and set FUNCGRAD_DATA=<dir>"
     )
     lines.append("  - call with download=True on a machine with internet access")
