@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 from jax import lax
 
-from funcgrad.interpret.rules import vjp_rule
+from funcgrad.interpret.rules import higher_order_rule, vjp_rule
 
 _MODES = lax.GatherScatterMode
 
@@ -230,6 +230,53 @@ def scatter_vjp(
     return (grad_x, None, grad_updates)
 
 
+@vjp_rule(lax.scatter_max_p, lax.scatter_min_p)
+def scatter_extremum_vjp(ct, x, indices, updates, *, out, dimension_numbers, mode, needs):
+    """d scatter_max(x, i, u) (and min): each slot's ct is shared equally among the values that
+    attain it, the operand's old value and every update that ties with it, as in JAX.
+
+    For the slot an update window writes to: ``n`` updates equal the result there, the operand
+    did (``kept``) or not, and ``refs`` updates point at it. Then an update that attains the
+    result gets ct/(n + kept); the operand keeps ct and loses ct * (1 - kept/(n + kept)) once per
+    reference (JAX's JVP subtracts it per update, so the transpose adds it back per update).
+    """
+    updates_shape = np.shape(updates)
+    x_shape = np.shape(x)
+    sizes = _window_sizes(x_shape, updates_shape, dimension_numbers)
+    gather_dnums = _gather_dnums(dimension_numbers)
+
+    def at_windows(a, gather_mode=None):  # default mode, as in JAX's JVP
+        return lax.gather(a, indices, gather_dnums, sizes, mode=gather_mode)
+
+    def count_at_windows(per_update):
+        return at_windows(lax.scatter_add(_zeros(x_shape, ct.dtype), indices, per_update,
+                                          dimension_numbers))
+
+    one = lax.full(updates_shape, 1, ct.dtype)
+    zero = _zeros(updates_shape, ct.dtype)
+    result = at_windows(out)
+    attained = lax.eq(updates, result)
+    kept = lax.eq(at_windows(x), result)
+    n_attained = count_at_windows(lax.select(attained, one, zero))
+    n_refs = count_at_windows(one)
+    share_if_kept = lax.div(one, lax.add(n_attained, one))
+    updates_coef = lax.select(attained, lax.select(kept, share_if_kept,
+                                                   lax.div(one, n_attained)), zero)
+    operand_coef = lax.div(lax.add(lax.neg(one), lax.select(kept, share_if_kept, zero)), n_refs)
+
+    ct_windows = lax.gather(ct, indices, gather_dnums, sizes, mode=mode, fill_value=0)
+    grad_x = grad_updates = None
+    if needs[0]:
+        back = lax.scatter_add(
+            _zeros(x_shape, ct.dtype), indices, lax.mul(ct_windows, operand_coef),
+            dimension_numbers,
+        )
+        grad_x = lax.add(ct, back)
+    if needs[2]:
+        grad_updates = lax.mul(ct_windows, updates_coef)
+    return (grad_x, None, grad_updates)
+
+
 # ---- sort and top_k --------------------------------------------------------------------------
 def _add_back_along(ct, positions, axis, operand_shape, mode):
     """zeros(operand_shape) with ct[..., j, ...] added at positions[..., j, ...] along ``axis``.
@@ -252,25 +299,37 @@ def _add_back_along(ct, positions, axis, operand_shape, mode):
     )
 
 
-@vjp_rule(lax.sort_p)
-def sort_vjp(cts, *operands, dimension, is_stable, num_keys, needs):
-    """d sort(x, ...) = each ct scattered back through the sorting permutation.
+@higher_order_rule(lax.sort_p)
+class SortVjp:
+    """d sort(x, ...) = each output's ct scattered back through the sorting permutation.
 
-    The permutation is recomputed by sorting the keys together with an iota, with the same
-    dimension, stability and number of keys as the forward sort.
+    The permutation is the one residual a sort's VJP needs, and recomputing it in the backward
+    pass would sort twice. So when a gradient will flow, the forward pass sorts an iota along with
+    the operands (as JAX's own JVP does: one sort, the same tie order) and keeps the permutation.
+    Output i depends only on operand i (the permutation is piecewise constant in the keys).
     """
-    shape = np.shape(operands[0])
-    iota = lax.broadcasted_iota(np.int32, shape, dimension)
-    keys = operands[:num_keys]
-    permutation = lax.sort(
-        (*keys, iota), dimension=dimension, is_stable=is_stable, num_keys=num_keys
-    )[-1]
-    return tuple(
-        _add_back_along(ct, permutation, dimension, shape, _MODES.PROMISE_IN_BOUNDS)
-        if need and ct is not None
-        else None
-        for ct, need in zip(cts, needs)
-    )
+
+    def forward(self, eqn, invals, active):
+        params = eqn.params
+        if not any(active):
+            return list(lax.sort_p.bind(*invals, **params)), list(active), None
+        iota = lax.broadcasted_iota(np.int32, np.shape(invals[0]), params["dimension"])
+        *outs, permutation = lax.sort_p.bind(*invals, iota, **params)
+        return outs, list(active), [permutation]
+
+    def outputs_active(self, eqn, active):
+        return list(active)
+
+    def backward(self, eqn, invals, record, cts, needs):
+        dimension = eqn.params["dimension"]
+        shape = np.shape(invals[0])
+        permutation = record[0]
+        return [
+            _add_back_along(ct, permutation, dimension, shape, _MODES.PROMISE_IN_BOUNDS)
+            if need and ct is not None
+            else None
+            for ct, need in zip(cts, needs)
+        ]
 
 
 @vjp_rule(lax.top_k_p)
