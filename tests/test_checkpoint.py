@@ -13,13 +13,15 @@ import pytest
 from funcgrad import checkpoint
 from funcgrad.checkpoint import CheckpointError, CheckpointMismatchError
 
+F32 = jnp.float32  # explicit, so the tests mean the same with JAX_ENABLE_X64=1
+
 
 def make_params(hidden=8):
     k1, k2 = jax.random.split(jax.random.key(0))
     return {
         "layers": [
-            {"W": jax.random.normal(k1, (4, hidden)), "b": jnp.zeros(hidden)},
-            {"W": jax.random.normal(k2, (hidden, 3)), "b": jnp.zeros(3)},
+            {"W": jax.random.normal(k1, (4, hidden), F32), "b": jnp.zeros(hidden, F32)},
+            {"W": jax.random.normal(k2, (hidden, 3), F32), "b": jnp.zeros(3, F32)},
         ],
         "scale": jnp.asarray(1.5, jnp.bfloat16),
     }
@@ -37,7 +39,7 @@ OPTIMIZER = optax.adam(1e-2)
 @jax.jit
 def train_step(params, opt_state, key):
     key, sub = jax.random.split(key)
-    x = jax.random.normal(sub, (16, 4))
+    x = jax.random.normal(sub, (16, 4), F32)
     grads = jax.grad(loss)(params, x)
     updates, opt_state = OPTIMIZER.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, key
@@ -314,7 +316,7 @@ def test_shape_mismatch_names_every_path(tmp_path):
 
 
 def test_structure_and_dtype_mismatches(tmp_path):
-    params = {"W": jnp.zeros((2, 3)), "b": jnp.zeros(3)}
+    params = {"W": jnp.zeros((2, 3), F32), "b": jnp.zeros(3, F32)}
     checkpoint.save(tmp_path / "c", params, extra={"key": jax.random.PRNGKey(0)})
     renamed = {"W": jnp.zeros((2, 3)), "bias": jnp.zeros(3)}
     with pytest.raises(CheckpointMismatchError) as info:
@@ -322,7 +324,7 @@ def test_structure_and_dtype_mismatches(tmp_path):
     assert "params['bias']: in the template, not in the checkpoint" in str(info.value)
     assert "params['b']: in the checkpoint, not in the template" in str(info.value)
 
-    half = {"W": jnp.zeros((2, 3), jnp.float16), "b": jnp.zeros(3)}
+    half = {"W": jnp.zeros((2, 3), jnp.float16), "b": jnp.zeros(3, F32)}
     with pytest.raises(
         CheckpointMismatchError, match=r"params\['W'\]: expected dtype float16, found float32"
     ):
@@ -340,3 +342,15 @@ def test_structure_and_dtype_mismatches(tmp_path):
         checkpoint.load(tmp_path / "c", like={"opt_state": OPTIMIZER.init(params)})
     with pytest.raises(ValueError, match="like= may only name"):
         checkpoint.load(tmp_path / "c", like={"parameters": params})
+
+
+def test_64_bit_jax_arrays_keep_their_bits_when_x64_is_off(tmp_path):
+    with jax.enable_x64(True):
+        value = jnp.array([np.pi, 1e-310], jnp.float64)
+        checkpoint.save(tmp_path / "c", {"w": value})
+        assert_bit_equal(checkpoint.load(tmp_path / "c")["params"], {"w": value})
+    if jax.config.jax_enable_x64:
+        pytest.skip("x64 is enabled for the whole session (JAX_ENABLE_X64)")
+    with pytest.warns(UserWarning, match=r"params\['w'\] was saved as a float64 jax.Array"):
+        w = checkpoint.load(tmp_path / "c")["params"]["w"]
+    assert isinstance(w, np.ndarray) and w.tobytes() == np.asarray(value).tobytes()
