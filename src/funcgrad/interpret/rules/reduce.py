@@ -1,22 +1,226 @@
 """VJP rules for reductions: sums, products, maxima, and cumulative scans.
 
 A reduction's cotangent is broadcast back over the reduced axes; for max/min it goes only to the
-positions that attained the extremum (shared equally among ties, as JAX does).
+positions that attained the extremum (shared equally among ties, as JAX does). Products use the
+product of the *other* elements, computed from exclusive prefix and suffix products, so that a
+zero in the input needs no division.
+
+The cumulative ops (``cumsum``, ``cumprod``, ``cummax``, ``cummin``, ``cumlogsumexp``) follow
+JAX, which differentiates its ``associative_scan`` implementation of them: for ``cummax`` and
+``cummin`` that tree decides how a tie shares its cotangent, so the rule walks the same tree
+backwards (:func:`_scan_chooser_vjp`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
 from jax import lax
 
 from funcgrad.interpret.rules import vjp_rule
 
+# ---- helpers --------------------------------------------------------------------------------
+
 
 def _broadcast_back(ct, x, axes):
     """Broadcast a reduced cotangent back to ``x``'s shape (the kept dims stay in place)."""
-    kept = tuple(d for d in range(x.ndim) if d not in axes)
-    return lax.broadcast_in_dim(ct, x.shape, kept)
+    kept = tuple(d for d in range(np.ndim(x)) if d not in axes)
+    return lax.broadcast_in_dim(ct, np.shape(x), kept)
+
+
+def _scalar(value, dtype):
+    return np.array(value, dtype)  # becomes a literal in the jaxpr, as in JAX's own rules
+
+
+def _slice(x, axis: int, start: int, stop: int, stride: int = 1):
+    """``x[start:stop:stride]`` along ``axis`` (static bounds)."""
+    return lax.slice_in_dim(x, start, stop, stride, axis)
+
+
+def _shift(x, axis: int, by: int, fill):
+    """Shift ``x`` along ``axis`` by ``by`` places (right if positive), filling with ``fill``.
+
+    One ``pad`` with a negative edge: ``[a, b, c]`` shifted by 1 is ``[fill, a, b]``.
+    """
+    config = [(0, 0, 0)] * np.ndim(x)
+    config[axis] = (by, -by, 0)
+    return lax.pad(x, _scalar(fill, x.dtype), config)
+
+
+def _interleave(even, odd, axis: int):
+    """``[e0, o0, e1, o1, ...]`` along ``axis`` (``even`` is as long as ``odd`` or one longer)."""
+    same = even.shape[axis] == odd.shape[axis]
+    zero = _scalar(0, even.dtype)
+    even_cfg = [(0, 0, 0)] * even.ndim
+    odd_cfg = [(0, 0, 0)] * odd.ndim
+    even_cfg[axis] = (0, 1 if same else 0, 1)
+    odd_cfg[axis] = (1, 0 if same else 1, 1)
+    return lax.add(lax.pad(even, zero, even_cfg), lax.pad(odd, zero, odd_cfg))
+
+
+def _balanced_eq(x, z, y):
+    """JAX's share of ``max(x, y) = z`` owed to ``x``: 1 if x alone is z, 1/2 on a tie, else 0."""
+    one = lax.full_like(z, 1)
+    half = lax.full_like(z, 0.5)
+    zero = lax.full_like(z, 0)
+    return lax.select(lax.eq(x, z), lax.select(lax.eq(y, z), half, one), zero)
+
+
+# ---- reductions -----------------------------------------------------------------------------
 
 
 @vjp_rule(lax.reduce_sum_p)
 def reduce_sum_vjp(ct, x, *, axes):  # d sum(x) = 1 for every summed element
     return (_broadcast_back(ct, x, axes),)
+
+
+@vjp_rule(lax.reduce_max_p, lax.reduce_min_p)
+def reduce_chooser_vjp(ct, x, *, out, axes):
+    """d max(x) = [x == max(x)] / #[x == max(x)]: ties share equally (NaN: no position matches)."""
+    hits = lax.convert_element_type(lax.eq(x, _broadcast_back(out, x, axes)), ct.dtype)
+    count = lax.reduce_sum(hits, axes)
+    return (lax.mul(_broadcast_back(lax.div(ct, count), x, axes), hits),)
+
+
+def _prod_of_others(x, axis: int):
+    """prod_{j != i} x_j along ``axis``, exactly (zeros included): exclusive prefix * suffix."""
+    before = _shift(lax.cumprod(x, axis), axis, 1, 1)
+    after = _shift(lax.cumprod(x, axis, reverse=True), axis, -1, 1)
+    return lax.mul(before, after)
+
+
+@vjp_rule(lax.reduce_prod_p)
+def reduce_prod_vjp(ct, x, *, axes):
+    """d prod(x) / dx_i = prod_{j != i} x_j (the product of the others: exact with zeros)."""
+    shape = np.shape(x)
+    if np.size(x) == 0:
+        return (lax.full(shape, 0, ct.dtype),)
+    if len(axes) == 1:
+        others = _prod_of_others(x, axes[0])
+    else:
+        # Move the reduced axes to the front and flatten them into one.
+        kept = [d for d in range(len(shape)) if d not in axes]
+        perm = (*axes, *kept)
+        flat = lax.reshape(
+            lax.transpose(x, perm),
+            (int(np.prod([shape[a] for a in axes])), *(shape[d] for d in kept)),
+        )
+        others = lax.reshape(_prod_of_others(flat, 0), tuple(shape[d] for d in perm))
+        others = lax.transpose(others, tuple(int(i) for i in np.argsort(perm)))
+    return (lax.mul(_broadcast_back(ct, x, axes), others),)
+
+
+# ---- cumulative reductions ------------------------------------------------------------------
+
+
+@vjp_rule(lax.cumsum_p)
+def cumsum_vjp(ct, x, *, axis, reverse):  # d cumsum(x) is linear: ct summed the other way
+    return (lax.cumsum(ct, axis, reverse=not reverse),)
+
+
+def _affine_compose(inner, outer):
+    """(outer o inner)(s) for maps s -> a*s + b given as (a, b) pairs."""
+    a_in, b_in = inner
+    a_out, b_out = outer
+    return lax.mul(a_out, a_in), lax.add(lax.mul(a_out, b_in), b_out)
+
+
+@vjp_rule(lax.cumprod_p)
+def cumprod_vjp(ct, x, *, out, axis, reverse):
+    """For y_i = prod_{k<=i} x_k: dx_j = (prod_{k<j} x_k) * S_j with S_j = ct_j + x_{j+1} S_{j+1}.
+
+    The prefix product is the output shifted by one; the suffix recurrence is a linear scan,
+    solved exactly (no division, so zeros in ``x`` are fine) by an associative scan of affine
+    maps. ``reverse=True`` is the mirror image.
+    """
+    n = np.shape(x)[axis]
+    if n == 0:
+        return (lax.full(np.shape(x), 0, ct.dtype),)
+    step = -1 if reverse else 1  # which neighbour comes "before" in the product
+    prefix = _shift(out, axis, step, 1)  # prod of the elements strictly before j
+    coeff = _shift(x, axis, -step, 0)  # x_{j+1} (x_{j-1} when reversed)
+    _, suffix = lax.associative_scan(_affine_compose, (coeff, ct), reverse=not reverse, axis=axis)
+    return (lax.mul(prefix, suffix),)
+
+
+def _scan_chooser_vjp(x, out, ct, axis: int, choose: Callable[[Any, Any], Any]) -> Any:
+    """Cotangent of ``x`` for ``out = associative_scan(choose, x)`` (choose = max or min).
+
+    Walks JAX's ``associative_scan`` tree backwards: pairs (x0,x1), (x2,x3), ... are combined,
+    the scan of the pairs gives the odd outputs, and each even output combines the previous odd
+    output with the next even input. Every combine routes its cotangent by ``_balanced_eq`` (ties
+    split 1/2, 1/2), exactly as JAX's JVP of ``max`` does, so ties share like jax.grad.
+    ``out`` is the scan of ``x``: its odd positions are the scan of the pairs one level down.
+    """
+    n = x.shape[axis]
+    if n < 2:
+        return ct
+    half = n // 2
+    left, right = _slice(x, axis, 0, n - 1, 2), _slice(x, axis, 1, n, 2)
+    pairs = choose(left, right)
+    odd_out = _slice(out, axis, 1, n, 2)  # scan of `pairs`
+    evens_in = _slice(x, axis, 2, n, 2)  # x2, x4, ...
+    before = _slice(odd_out, axis, 0, half - 1) if n % 2 == 0 else odd_out
+    evens_out = choose(before, evens_in)
+    ct_evens = _slice(ct, axis, 2, n, 2)
+    ct_before = lax.mul(ct_evens, _balanced_eq(before, evens_out, evens_in))
+    ct_evens_in = lax.mul(ct_evens, _balanced_eq(evens_in, evens_out, before))
+    if n % 2 == 0:  # odd_out[-1] is not read by any even output
+        pad = [(0, 0, 0)] * ct.ndim
+        pad[axis] = (0, 1, 0)
+        ct_before = lax.pad(ct_before, _scalar(0, ct.dtype), pad)
+    ct_pairs = _scan_chooser_vjp(
+        pairs, odd_out, lax.add(_slice(ct, axis, 1, n, 2), ct_before), axis, choose
+    )
+    ct_left = lax.mul(ct_pairs, _balanced_eq(left, pairs, right))
+    ct_right = lax.mul(ct_pairs, _balanced_eq(right, pairs, left))
+    # Even positions of x: x0 (only the first output), x2, x4, ... (even outputs), and the left
+    # members of the pairs; odd positions: the right members of the pairs.
+    ct_even_pos = lax.concatenate([_slice(ct, axis, 0, 1), ct_evens_in], axis)
+    if n % 2 == 1:  # the last element has no pair partner
+        pad = [(0, 0, 0)] * ct.ndim
+        pad[axis] = (0, 1, 0)
+        ct_left = lax.pad(ct_left, _scalar(0, ct.dtype), pad)
+    return _interleave(lax.add(ct_even_pos, ct_left), ct_right, axis)
+
+
+def _cum_chooser_vjp(ct, x, out, axis: int, reverse: bool, choose):
+    if reverse:  # JAX scans the reversed array and reverses the result
+        x, out, ct = (lax.rev(a, (axis,)) for a in (x, out, ct))
+    ct_x = _scan_chooser_vjp(x, out, ct, axis, choose)
+    return lax.rev(ct_x, (axis,)) if reverse else ct_x
+
+
+@vjp_rule(lax.cummax_p)
+def cummax_vjp(ct, x, *, out, axis, reverse):
+    """d cummax(x): each output's ct goes to its running max; ties split as JAX's scan tree."""
+    return (_cum_chooser_vjp(ct, x, out, axis, reverse, lax.max),)
+
+
+@vjp_rule(lax.cummin_p)
+def cummin_vjp(ct, x, *, out, axis, reverse):
+    """d cummin(x): each output's ct goes to its running min; ties split as JAX's scan tree."""
+    return (_cum_chooser_vjp(ct, x, out, axis, reverse, lax.min),)
+
+
+@vjp_rule(lax.cumlogsumexp_p)
+def cumlogsumexp_vjp(ct, x, *, out, axis, reverse):
+    """For y_i = log sum_{k<=i} exp(x_k): dx_j = sum_{i>=j} ct_i exp(x_j - y_i).
+
+    Computed in log space so nothing overflows: split ct by sign, then
+    dx_j = exp(x_j + logcumsumexp_{i>=j}(log|ct_i| - y_i)) for each sign.
+    """
+    neg_inf = lax.full_like(ct, -np.inf)
+    one = lax.full_like(ct, 1)
+
+    def part(mask, magnitude):
+        # log(magnitude) where mask, -inf elsewhere (the safe-log "double where")
+        log_mag = lax.select(mask, lax.log(lax.select(mask, magnitude, one)), neg_inf)
+        summed = lax.cumlogsumexp(lax.sub(log_mag, out), axis, reverse=not reverse)
+        return lax.exp(lax.add(summed, x))
+
+    positive = part(lax.gt(ct, lax.full_like(ct, 0)), ct)
+    negative = part(lax.lt(ct, lax.full_like(ct, 0)), lax.neg(ct))
+    return (lax.sub(positive, negative),)
