@@ -140,18 +140,17 @@ def higher_order_rule(*primitives: Primitive | str) -> Callable[[type], type]:
     return register
 
 
+# One module per family of primitives; each registers its rules when imported.
 _FAMILIES = (
-    "elementwise",
-    "linalg",
-    "reduce",
-    "shape",
-    "indexing",
-    "conv",
-    "window",
-    "nondiff",
-    "control",
-    "custom",
-    "misc",
+    "elementwise",  # arithmetic, transcendental and identity-like functions
+    "nondiff",  # comparisons, bitwise and PRNG ops, effects: no cotangent flows
+    "linalg",  # dot_general
+    "reduce",  # sums, products, extrema, cumulative reductions
+    "shape",  # broadcast, reshape, transpose, concatenate, pad, slice, ...
+    "indexing",  # gather, scatter, dynamic slices, sort, top_k
+    "conv",  # conv_general_dilated
+    "window",  # reduce_window (pooling) and select_and_scatter
+    "control",  # jit, custom_jvp/vjp, remat, cond, scan, while
 )
 _loaded = False
 
@@ -164,11 +163,7 @@ def _load_families() -> None:
         return
     _loaded = True
     for family in _FAMILIES:
-        try:
-            importlib.import_module(f"{__name__}.{family}")
-        except ModuleNotFoundError as err:
-            if err.name != f"{__name__}.{family}":
-                raise
+        importlib.import_module(f"{__name__}.{family}")
 
 
 def lookup_vjp(name: str) -> RuleSpec | None:
