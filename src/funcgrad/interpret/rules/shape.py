@@ -59,7 +59,8 @@ def rev_vjp(ct, x, *, dimensions):  # reversal is its own inverse
 @vjp_rule(lax.convert_element_type_p)
 def convert_element_type_vjp(ct, x):
     """d convert(x) = dx for float->float (the interpreter casts ct back); none for int/bool x."""
-    if not dtypes.issubdtype(x.dtype, np.inexact):
+    x_dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)  # x may be a Python scalar
+    if not dtypes.issubdtype(x_dtype, np.inexact):
         return (None,)
     return (ct,)
 
