@@ -291,7 +291,7 @@ class _Programs:
         batch_size: int,
         mesh: Mesh | None,
         data_axis: str,
-        progress: ProgressBar | None,
+        with_progress: bool,
     ) -> None:
         if grad_engine == "funcgrad":
             import funcgrad.interpret as interpret
@@ -304,7 +304,9 @@ class _Programs:
         self.eval_fn = eval_fn
         self.batch_size = batch_size
         self.mesh = mesh
-        self.progress = progress
+        self.with_progress = with_progress
+        self.progress: ProgressBar | None = None  # the current fit's bar, read by _report
+        self._compiled: dict[Any, Any] = {}
         if mesh is None:
             self.batch_sharding = None
             jit = jax.jit
@@ -361,7 +363,7 @@ class _Programs:
                     (params, opt_state),
                 )
                 bad = jnp.where((bad < 0) & ~ok, i, bad)
-            if self.progress is not None:
+            if self.with_progress:
                 lax.cond(
                     (i + 1) % every == 0,
                     lambda s: jax.debug.callback(self._report, s),
@@ -374,6 +376,15 @@ class _Programs:
         (params, opt_state, bad, _), (step_losses, step_aux) = lax.scan(body, init, (xb, yb))
         finite = jnp.all(jnp.isfinite(step_losses)) & _all_finite(params)
         return params, opt_state, step_losses, step_aux, finite, bad
+
+    def compiled_epoch(self, args: tuple) -> Any:
+        """The fast epoch compiled ahead of time for these arguments (so that an epoch's time
+        excludes compilation), cached for later fits with the same shapes and placement."""
+        leaves, treedef = jax.tree_util.tree_flatten(args)
+        signature = (treedef, *((a.shape, a.dtype, a.sharding) for a in leaves))
+        if signature not in self._compiled:
+            self._compiled[signature] = self.epoch.lower(*args).compile()
+        return self._compiled[signature]
 
     def _report(self, done: Any) -> None:
         bar = self.progress
@@ -418,6 +429,73 @@ class _Programs:
         return {k: v / n for k, v in totals.items()}
 
 
+def _programs(
+    loss_fn: LossFn,
+    optimizer: optax.GradientTransformation,
+    grad_engine: str,
+    has_aux: bool,
+    eval_fn: Callable[..., dict[str, Any]],
+    batch_size: int,
+    mesh: Mesh | None,
+    data_axis: str,
+    with_progress: bool = False,
+) -> _Programs:
+    """The programs for this configuration, reused by later fits with the same functions (as
+    ``jax.jit`` reuses a compiled function): fitting again, or resuming, compiles nothing."""
+    args = (loss_fn, optimizer, grad_engine, has_aux, eval_fn, batch_size, mesh, data_axis)
+    try:
+        return _cached_programs(*args, with_progress)
+    except TypeError:  # an unhashable optimizer or function: build afresh
+        return _build_programs(*args, with_progress)
+
+
+def _build_programs(
+    loss_fn, optimizer, grad_engine, has_aux, eval_fn, batch_size, mesh, data_axis, with_progress
+) -> _Programs:
+    return _Programs(
+        loss_fn,
+        optimizer,
+        grad_engine=grad_engine,
+        has_aux=has_aux,
+        eval_fn=eval_fn,
+        batch_size=batch_size,
+        mesh=mesh,
+        data_axis=data_axis,
+        with_progress=with_progress,
+    )
+
+
+_cached_programs = functools.lru_cache(maxsize=16)(_build_programs)
+
+
+def _loss_metrics(loss_fn: LossFn, has_aux: bool) -> Callable[..., dict[str, Any]]:
+    """The default eval_fn: ``{"loss": loss, **aux}`` (one object per loss_fn, so cacheable)."""
+    try:
+        return _cached_loss_metrics(loss_fn, has_aux)
+    except TypeError:
+        return _build_loss_metrics(loss_fn, has_aux)
+
+
+def _build_loss_metrics(loss_fn: LossFn, has_aux: bool) -> Callable[..., dict[str, Any]]:
+
+    def eval_fn(params: Any, x: jax.Array, y: jax.Array) -> dict[str, Any]:
+        result = loss_fn(params, x, y)
+        loss, aux = result if has_aux else (result, {})
+        return {"loss": loss, **aux}
+
+    return eval_fn
+
+
+_cached_loss_metrics = functools.lru_cache(maxsize=16)(_build_loss_metrics)
+
+
+def _zero_loss(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.zeros(())
+
+
+_IDENTITY = optax.identity()
+
+
 def _all_finite(tree: Any) -> jax.Array:
     flags = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(tree)]
     return functools.reduce(jnp.logical_and, flags, jnp.bool_(True))
@@ -434,17 +512,7 @@ def evaluate(
 ) -> dict[str, float]:
     """Return the example-weighted mean of ``eval_fn(params, x, y)`` (a dict of per-batch means)
     over all of ``data``, in batches of ``batch_size`` (the last one may be short)."""
-    programs = _Programs(
-        lambda p, x, y: jnp.zeros(()),
-        optax.identity(),
-        grad_engine="jax",
-        has_aux=False,
-        eval_fn=eval_fn,
-        batch_size=batch_size,
-        mesh=mesh,
-        data_axis=data_axis,
-        progress=None,
-    )
+    programs = _programs(_zero_loss, _IDENTITY, "jax", False, eval_fn, batch_size, mesh, data_axis)
     x, y, _ = _check_pair(data, "data")
     return _evaluate(programs, params, _replicate((x, y), mesh), batch_size)
 
@@ -605,11 +673,7 @@ def fit(
     aux_names = list(_scalar_metrics(out[1], "loss_fn")) if has_aux else []
 
     if eval_fn is None:
-
-        def eval_fn(p: Any, xe: jax.Array, ye: jax.Array) -> dict[str, Any]:
-            result = loss_fn(p, xe, ye)
-            loss, aux = result if has_aux else (result, {})
-            return {"loss": loss, **aux}
+        eval_fn = _loss_metrics(loss_fn, has_aux)
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
     bar = (
@@ -622,17 +686,18 @@ def fit(
         if show
         else None
     )
-    programs = _Programs(
+    programs = _programs(
         loss_fn,
         optimizer,
-        grad_engine=grad_engine,
-        has_aux=has_aux,
-        eval_fn=eval_fn,
-        batch_size=batch_size,
-        mesh=mesh,
-        data_axis=data_axis,
-        progress=bar,
+        grad_engine,
+        has_aux,
+        eval_fn,
+        batch_size,
+        mesh,
+        data_axis,
+        with_progress=bar is not None,
     )
+    programs.progress = bar
 
     history: dict[str, list[float]] = {"loss": [], **{k: [] for k in aux_names}}
     if eval_data is not None:
@@ -651,15 +716,13 @@ def fit(
     eval_arrays = None if eval_data is None else _replicate(tuple(eval_data), mesh)
     wall_offset = history["wall_time"][-1] if history["wall_time"] else 0.0
     start = time.perf_counter()
-    compiled = None
 
     try:
         for epoch in range(initial_epoch, epochs):
             key_e = jax.random.fold_in(key, epoch)
             step0 = jnp.int32((epoch - initial_epoch) * num_steps)
             args = (params, opt_state, key_e, *data, step0)
-            if compiled is None:
-                compiled = programs.epoch.lower(*args).compile()
+            compiled = programs.compiled_epoch(args)
             t0 = time.perf_counter()
             new_params, new_state, step_losses, step_aux, finite, _ = compiled(*args)
             step_losses = np.asarray(step_losses)
