@@ -67,14 +67,14 @@ NOFLOW_EDGE = "#b3b3b3"
 FONT = "Helvetica"
 
 _INSTALL_MESSAGE = (
-    "Rendering a funcgrad graph needs Graphviz's `dot` program, and {cmd!r} was not found on "
+    "Rendering a funcgrad graph needs Graphviz's layout program `{cmd}`, which was not found on "
     "PATH. The `graphviz` Python package is only the interface to it. Install Graphviz with one "
     "of:\n"
     "    apt-get install graphviz                 (Debian, Ubuntu)\n"
     "    brew install graphviz                    (macOS)\n"
     "    conda install -c conda-forge graphviz    (conda environments)\n"
-    "then restart the Python process. Meanwhile `graph.source` still gives the DOT text, which "
-    "any Graphviz viewer (or https://dreampuf.github.io/GraphvizOnline) can draw."
+    "and make sure its bin directory is on PATH. Meanwhile `graph.source` still gives the DOT "
+    "text, which any Graphviz viewer can draw."
 )
 
 
@@ -92,13 +92,13 @@ class GraphvizNotFoundError(graphviz.ExecutableNotFound):
 
 
 @contextlib.contextmanager
-def _friendly_graphviz_errors():
+def _friendly_graphviz_errors(engine: str):
     try:
         yield
     except GraphvizNotFoundError:
         raise
     except graphviz.ExecutableNotFound as err:
-        raise GraphvizNotFoundError(err.args[0] if err.args else "dot") from err
+        raise GraphvizNotFoundError(engine or "dot") from err
 
 
 class JaxprGraph(graphviz.Digraph):
@@ -117,19 +117,19 @@ class JaxprGraph(graphviz.Digraph):
     node_count: int = 0
 
     def pipe(self, *args: Any, **kwargs: Any) -> Any:
-        with _friendly_graphviz_errors():
+        with _friendly_graphviz_errors(self.engine):
             return super().pipe(*args, **kwargs)
 
     def render(self, *args: Any, **kwargs: Any) -> Any:
-        with _friendly_graphviz_errors():
+        with _friendly_graphviz_errors(self.engine):
             return super().render(*args, **kwargs)
 
     def view(self, *args: Any, **kwargs: Any) -> Any:
-        with _friendly_graphviz_errors():
+        with _friendly_graphviz_errors(self.engine):
             return super().view(*args, **kwargs)
 
     def unflatten(self, *args: Any, **kwargs: Any) -> Any:
-        with _friendly_graphviz_errors():
+        with _friendly_graphviz_errors(self.engine):
             return super().unflatten(*args, **kwargs)
 
     def _repr_svg_(self) -> str:
@@ -655,7 +655,7 @@ class _Builder:
         level = _Level(jaxpr, None, None, None, "off")
         return _Body(title, level, self.items(level, None), sources, consts)
 
-    def call_group(self, item: _Eqn, level: _Level, record: Any) -> _Group:
+    def call_group(self, item: _Eqn, level: _Level, record: Any) -> _Group | None:
         eqn = item.eqn
         prim = eqn.primitive.name
         body = eqn.params.get("call_jaxpr", eqn.params.get("jaxpr"))
@@ -686,6 +686,8 @@ class _Builder:
                 if isinstance(bv, Var) and not isinstance(ov, DropVar)
             }
         items = self.items(sub, records)
+        if not jaxpr.eqns:  # an identity body (a custom_vjp around x -> x): one node says it all
+            return None
         group = _Group("call", name, f"{name}  ({kind})", owner=item, color="#7f7f7f")
         group.bodies = [_Body(None, sub, items, list(eqn.invars), consts)]
         self._unwrap(group)
@@ -1459,20 +1461,25 @@ def _parents(groups: list[_Group]) -> dict[int, _Group]:
 
 
 def _gradient_kind(fun: Any) -> str | None:
-    """"grad" / "value_and_grad" if ``fun`` is one made by fg.grad or jax.grad (etc.), else None."""
-    f = fun
-    for _ in range(4):
-        code = getattr(f, "__code__", None)
-        name = getattr(code, "co_name", None)
+    """"grad" / "value_and_grad" if ``fun`` was made by fg.grad or jax.grad (etc.), else None.
+
+    Recognised by the code of the function they return (``grad_fun``, ``grad_f``...), looking
+    through JAX's traceback-filtering wrapper.
+    """
+    todo, seen = [fun], 0
+    while todo and seen < 8:
+        f = todo.pop(0)
+        seen += 1
+        name = getattr(getattr(f, "__code__", None), "co_name", None)
         if name in ("grad_fun", "grad_f", "grad_f_aux"):
             return "grad"
         if name in ("value_and_grad_fun", "value_and_grad_f"):
             return "value_and_grad"
-        if name != "reraise_with_filtered_traceback":
-            return None
-        f = getattr(f, "__wrapped__", None)
-        if f is None:
-            return None
+        if name == "reraise_with_filtered_traceback":
+            for cell in getattr(f, "__closure__", None) or ():
+                with contextlib.suppress(ValueError):
+                    if callable(cell.cell_contents):
+                        todo.append(cell.cell_contents)
     return None
 
 
