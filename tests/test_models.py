@@ -488,9 +488,9 @@ def test_language_model_is_causal_unless_told_otherwise():
 
 def test_embedding_lookup():
     table = jnp.arange(12.0).reshape(4, 3)
-    np.testing.assert_array_equal(
-        layers.embed(table, jnp.array([[2, 0]])), [[[6, 7, 8], [0, 1, 2]]]
-    )
+    looked_up = layers.embed(table, jnp.array([[2, 0, 4]]))
+    np.testing.assert_array_equal(looked_up[0, :2], [[6, 7, 8], [0, 1, 2]])
+    assert np.all(np.isnan(looked_up[0, 2]))  # out of range: NaN, not a clamped row
 
 
 # ---------------------------------------------------------------------------------------------

@@ -110,7 +110,8 @@ def nll(log_probs: jax.Array, labels: jax.Array, *, reduction: str = "mean") -> 
     """Negative log-likelihood of integer labels: mean over examples of -log_probs[i, labels[i]].
 
     ``log_probs`` has shape ``(batch, classes)`` (e.g. from :func:`log_softmax`), ``labels`` integer
-    class ids of shape ``(batch,)`` (any leading axes work alike). Out-of-range labels give NaN.
+    class ids of shape ``(batch,)`` (any leading axes work alike). Labels >= classes give NaN
+    rather than a silently wrong loss; negative labels count from the end, as in numpy.
     """
     log_probs, labels = jnp.asarray(log_probs), jnp.asarray(labels)
     _check_float("nll", log_probs, "log_probs")

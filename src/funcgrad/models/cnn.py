@@ -19,6 +19,7 @@ from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from funcgrad.models import activations, layers
 from funcgrad.models.activations import Activation
@@ -77,7 +78,7 @@ def init(
     pool_window: int | Sequence[int] = POOL_WINDOW,
     w_init: str | Initializer = "glorot_uniform",
     b_init: str | Initializer = "zeros",
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> Params:
     """Return ``{"convs": [...], "head": [...]}`` for images of ``input_shape = (H, W, C)``.
 

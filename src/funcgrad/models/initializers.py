@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 Initializer = Callable[..., jax.Array]
 Shape = Sequence[int]
@@ -39,13 +40,13 @@ def fans(shape: Shape) -> tuple[int, int]:
     return shape[-2] * receptive_field, shape[-1] * receptive_field
 
 
-def zeros(key: jax.Array, shape: Shape, dtype=jnp.float32) -> jax.Array:
+def zeros(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """All zeros (biases, layer-norm offsets); the key is ignored."""
     del key
     return jnp.zeros(shape, dtype)
 
 
-def ones(key: jax.Array, shape: Shape, dtype=jnp.float32) -> jax.Array:
+def ones(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """All ones (layer-norm scales); the key is ignored."""
     del key
     return jnp.ones(shape, dtype)
@@ -59,37 +60,37 @@ def _normal(key: jax.Array, shape: Shape, dtype, stddev: float) -> jax.Array:
     return stddev * jax.random.normal(key, tuple(shape), dtype)
 
 
-def glorot_uniform(key: jax.Array, shape: Shape, dtype=jnp.float32) -> jax.Array:
+def glorot_uniform(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """Glorot/Xavier uniform: W ~ U(-a, a), a = sqrt(6 / (fan_in + fan_out))."""
     fan_in, fan_out = fans(shape)
     return _uniform(key, shape, dtype, math.sqrt(6.0 / (fan_in + fan_out)))
 
 
-def glorot_normal(key: jax.Array, shape: Shape, dtype=jnp.float32) -> jax.Array:
+def glorot_normal(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """Glorot/Xavier normal: W ~ N(0, σ²), σ² = 2 / (fan_in + fan_out)."""
     fan_in, fan_out = fans(shape)
     return _normal(key, shape, dtype, math.sqrt(2.0 / (fan_in + fan_out)))
 
 
-def he_uniform(key: jax.Array, shape: Shape, dtype=jnp.float32) -> jax.Array:
+def he_uniform(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """He/Kaiming uniform (for ReLU layers): W ~ U(-a, a), a = sqrt(6 / fan_in)."""
     fan_in, _ = fans(shape)
     return _uniform(key, shape, dtype, math.sqrt(6.0 / fan_in))
 
 
-def he_normal(key: jax.Array, shape: Shape, dtype=jnp.float32) -> jax.Array:
+def he_normal(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """He/Kaiming normal (for ReLU layers): W ~ N(0, σ²), σ² = 2 / fan_in."""
     fan_in, _ = fans(shape)
     return _normal(key, shape, dtype, math.sqrt(2.0 / fan_in))
 
 
-def lecun_uniform(key: jax.Array, shape: Shape, dtype=jnp.float32) -> jax.Array:
+def lecun_uniform(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """LeCun uniform: W ~ U(-a, a), a = sqrt(3 / fan_in), so Var[W] = 1 / fan_in."""
     fan_in, _ = fans(shape)
     return _uniform(key, shape, dtype, math.sqrt(3.0 / fan_in))
 
 
-def lecun_normal(key: jax.Array, shape: Shape, dtype=jnp.float32) -> jax.Array:
+def lecun_normal(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """LeCun normal (for SELU/tanh layers): W ~ N(0, σ²), σ² = 1 / fan_in."""
     fan_in, _ = fans(shape)
     return _normal(key, shape, dtype, math.sqrt(1.0 / fan_in))
@@ -98,7 +99,7 @@ def lecun_normal(key: jax.Array, shape: Shape, dtype=jnp.float32) -> jax.Array:
 def normal(stddev: float = 0.02) -> Initializer:
     """Return an initializer drawing W ~ N(0, stddev²) (GPT-2 style embeddings use 0.02)."""
 
-    def init(key: jax.Array, shape: Shape, dtype=jnp.float32) -> jax.Array:
+    def init(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
         return _normal(key, shape, dtype, stddev)
 
     init.__name__ = f"normal({stddev})"

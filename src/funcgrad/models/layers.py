@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.typing import DTypeLike
 
 from funcgrad.models import initializers
 from funcgrad.models.initializers import Initializer
@@ -116,7 +117,7 @@ def dense_init(
     *,
     w_init: str | Initializer = "glorot_uniform",
     b_init: str | Initializer = "zeros",
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> Params:
     """Return ``{"W": (fan_in, fan_out), "b": (fan_out,)}`` for :func:`dense`."""
     w_key, b_key = jax.random.split(key)
@@ -160,7 +161,7 @@ def conv2d_init(
     *,
     w_init: str | Initializer = "glorot_uniform",
     b_init: str | Initializer = "zeros",
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> Params:
     """Return ``{"W": (kh, kw, c_in, c_out), "b": (c_out,)}`` for :func:`conv2d` (HWIO kernel)."""
     kh, kw = _pair(kernel_size, "kernel_size")
@@ -249,7 +250,7 @@ def flatten(x: jax.Array) -> jax.Array:
 # Normalisation, dropout, embeddings
 
 
-def layer_norm_init(dim: int, *, dtype=jnp.float32) -> Params:
+def layer_norm_init(dim: int, *, dtype: DTypeLike = jnp.float32) -> Params:
     """Return ``{"scale": ones (dim,), "bias": zeros (dim,)}`` for :func:`layer_norm`."""
     return {"scale": jnp.ones((dim,), dtype), "bias": jnp.zeros((dim,), dtype)}
 
@@ -301,7 +302,7 @@ def embedding_init(
     dim: int,
     *,
     init: str | Initializer = EMBEDDING_INIT,
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> jax.Array:
     """Return an embedding table of shape ``(num_embeddings, dim)``, N(0, 0.02²) by default."""
     return initializers.get(init)(key, (num_embeddings, dim), dtype)
@@ -310,8 +311,8 @@ def embedding_init(
 def embed(table: jax.Array, ids: jax.Array) -> jax.Array:
     """Look up rows of ``table`` (num_embeddings, dim) at integer ``ids``: y[..., :] = table[ids].
 
-    Ids outside [0, num_embeddings) give NaN rows (``jnp.take``'s "fill" mode), never a
-    silently clamped row.
+    Negative ids count from the end as in numpy; ids >= num_embeddings (or < -num_embeddings)
+    give NaN rows (``jnp.take``'s "fill" mode), never a silently clamped row.
     """
     return jnp.take(table, ids, axis=0)
 
@@ -325,7 +326,7 @@ def attention_init(
     d_model: int,
     *,
     w_init: str | Initializer = "glorot_uniform",
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> Params:
     """Return the query, key, value and output projections ``{"wq", "bq", "wk", "bk", "wv",
     "bv", "wo", "bo"}``, each weight ``(d_model, d_model)`` and bias ``(d_model,)``.

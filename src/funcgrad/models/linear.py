@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from funcgrad.models import layers
 from funcgrad.models.initializers import Initializer
@@ -22,7 +23,7 @@ def init(
     *,
     w_init: str | Initializer = "glorot_uniform",
     b_init: str | Initializer = "zeros",
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> Params:
     """Return ``{"W": (n_in, n_out), "b": (n_out,)}``, deterministic from ``key``."""
     return layers.dense_init(key, n_in, n_out, w_init=w_init, b_init=b_init, dtype=dtype)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from funcgrad.models import activations, layers
 from funcgrad.models.activations import Activation
@@ -26,7 +27,7 @@ def init(
     *,
     w_init: str | Initializer = "glorot_uniform",
     b_init: str | Initializer = "zeros",
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> Params:
     """Return ``{"layers": [dense, ...]}`` for layer sizes ``[n_in, hidden..., n_out]``.
 

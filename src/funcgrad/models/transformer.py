@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 
 from funcgrad.models import activations, layers
 from funcgrad.models.initializers import Initializer
@@ -39,7 +40,7 @@ def init(
     d_ff: int | None = None,
     max_len: int = 128,
     w_init: str | Initializer = "glorot_uniform",
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> Params:
     """Return transformer params: a classifier head if ``num_classes`` is given, else a language
     model head over ``vocab_size`` tokens.
