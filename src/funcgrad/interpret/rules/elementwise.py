@@ -396,7 +396,6 @@ def polygamma_vjp(ct, m, x, *, needs):
 zero_vjp(
     lax.floor_p,
     lax.ceil_p,
-    lax.round_p,
     lax.sign_p,
     lax.is_finite_p,
     prims.stop_gradient_p,
@@ -404,6 +403,13 @@ zero_vjp(
     # funcgrad treats it as piecewise constant, like floor.
     lax.nextafter_p,
 )
+
+
+@vjp_rule(lax.round_p)
+def round_vjp(ct, x):
+    """Zero, like floor. Registered with ``vjp_rule``, not ``zero_vjp``: the registry passes a
+    ``zero_vjp`` rule the equation's params (``rounding_method``), which it does not accept."""
+    return (None,)
 
 
 # ---- complex parts ------------------------------------------------------------------------------

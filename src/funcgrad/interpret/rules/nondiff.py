@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from jax.extend.core import primitives as prims
 
-from funcgrad.interpret.rules import zero_vjp
+from funcgrad.interpret.rules import vjp_rule, zero_vjp
 
 # comparisons (the ``*_to`` forms compare totally ordered floats, NaNs included)
 zero_vjp(
@@ -47,8 +47,16 @@ zero_vjp(
     prims.reduce_xor_p,
 )
 
-# reinterpreting bits: JAX defines its derivative as zero (it is not a numeric conversion)
-zero_vjp(prims.bitcast_convert_type_p)
+
+@vjp_rule(prims.bitcast_convert_type_p)
+def bitcast_convert_type_vjp(ct, x):
+    """Zero: reinterpreting bits is not a numeric conversion, and JAX defines it so.
+
+    Its output can be a float carrying a cotangent (bfloat16 <-> float16), so the rule does get
+    called, with ``new_dtype``; ``zero_vjp`` rules cannot take params yet, hence ``vjp_rule``.
+    """
+    return (None,)
+
 
 # index generators and arg-reductions
 zero_vjp(prims.iota_p, prims.argmax_p, prims.argmin_p)
