@@ -209,18 +209,23 @@ def cummin_vjp(ct, x, *, out, axis, reverse):
 def cumlogsumexp_vjp(ct, x, *, out, axis, reverse):
     """For y_i = log sum_{k<=i} exp(x_k): dx_j = sum_{i>=j} ct_i exp(x_j - y_i).
 
-    Computed in log space so nothing overflows: split ct by sign, then
-    dx_j = exp(x_j + logcumsumexp_{i>=j}(log|ct_i| - y_i)) for each sign.
+    Factored as dx_j = exp(x_j - y_j) Q_j with Q_j = sum_{i>=j} ct_i exp(y_j - y_i), i.e.
+    Q_j = ct_j + exp(y_j - y_{j+1}) Q_{j+1}: every factor is at most 1 (y is nondecreasing), so
+    nothing overflows, and the recurrence is solved by an associative scan of affine maps.
     """
-    neg_inf = lax.full_like(ct, -np.inf)
-    one = lax.full_like(ct, 1)
-
-    def part(mask, magnitude):
-        # log(magnitude) where mask, -inf elsewhere (the safe-log "double where")
-        log_mag = lax.select(mask, lax.log(lax.select(mask, magnitude, one)), neg_inf)
-        summed = lax.cumlogsumexp(lax.sub(log_mag, out), axis, reverse=not reverse)
-        return lax.exp(lax.add(summed, x))
-
-    positive = part(lax.gt(ct, lax.full_like(ct, 0)), ct)
-    negative = part(lax.lt(ct, lax.full_like(ct, 0)), lax.neg(ct))
-    return (lax.sub(positive, negative),)
+    if np.shape(x)[axis] == 0:
+        return (lax.full(np.shape(x), 0, ct.dtype),)
+    step = -1 if reverse else 1
+    decay = lax.exp(lax.sub(out, _shift(out, axis, -step, np.inf)))  # exp(y_j - y_{j+1}), 0 last
+    _, q = lax.associative_scan(_affine_compose, (decay, ct), reverse=not reverse, axis=axis)
+    # exp(x_j - y_j); the scan's first output is its input itself: slope 1 (even at -inf, as JAX)
+    n = np.shape(x)[axis]
+    own = lax.exp(lax.sub(x, out))
+    one_shape = list(np.shape(x))
+    one_shape[axis] = 1
+    one = lax.full(tuple(one_shape), 1, own.dtype)
+    if reverse:
+        own = lax.concatenate([_slice(own, axis, 0, n - 1), one], axis)
+    else:
+        own = lax.concatenate([one, _slice(own, axis, 1, n)], axis)
+    return (lax.mul(own, q),)
