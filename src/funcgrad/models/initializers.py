@@ -52,12 +52,17 @@ def ones(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Ar
     return jnp.ones(shape, dtype)
 
 
-def _uniform(key: jax.Array, shape: Shape, dtype, limit: float) -> jax.Array:
-    return jax.random.uniform(key, tuple(shape), dtype, minval=-limit, maxval=limit)
+# Draws are made flat and reshaped: the same numbers as drawing the shape directly, but XLA on CPU
+# compiles the flat sampler several times faster (seconds saved per model init).
 
 
-def _normal(key: jax.Array, shape: Shape, dtype, stddev: float) -> jax.Array:
-    return stddev * jax.random.normal(key, tuple(shape), dtype)
+def _uniform(key: jax.Array, shape: Shape, dtype: DTypeLike, limit: float) -> jax.Array:
+    flat = jax.random.uniform(key, (math.prod(shape),), dtype, minval=-limit, maxval=limit)
+    return flat.reshape(tuple(shape))
+
+
+def _normal(key: jax.Array, shape: Shape, dtype: DTypeLike, stddev: float) -> jax.Array:
+    return stddev * jax.random.normal(key, (math.prod(shape),), dtype).reshape(tuple(shape))
 
 
 def glorot_uniform(key: jax.Array, shape: Shape, dtype: DTypeLike = jnp.float32) -> jax.Array:
