@@ -524,9 +524,13 @@ def test_cnn_configurations_agree_between_init_and_apply(config, n_features):
     assert features.shape == (2, n_features)
 
 
-def test_cnn_per_conv_list_of_wrong_length():
+def test_cnn_init_argument_errors():
     with pytest.raises(ValueError, match="stride has 3 entries for 2 conv layers"):
         cnn.init(KEY, **SMALL_CNN, stride=[1, 1, 1])
+    with pytest.raises(
+        ValueError, match=r"input_shape must be \(height, width, channels\), got \(28, 28\)"
+    ):
+        cnn.init(KEY, (28, 28))
 
 
 # ---------------------------------------------------------------------------------------------

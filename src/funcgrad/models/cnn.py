@@ -89,6 +89,11 @@ def init(
     an ``(h, w)`` pair for a non-square kernel, stride or window). The head's input size is
     computed from ``input_shape`` with :func:`jax.eval_shape`, so no FLOPs are spent.
     """
+    if len(input_shape) != 3:
+        raise ValueError(
+            f"cnn: input_shape must be (height, width, channels), got {tuple(input_shape)}; "
+            "for grayscale images use (H, W, 1)"
+        )
     height, width, c_in = (int(d) for d in input_shape)
     conv_channels = [int(c) for c in conv_channels]
     dense_sizes = [int(s) for s in dense_sizes]
