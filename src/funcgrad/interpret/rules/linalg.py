@@ -50,13 +50,20 @@ def _dot_vjp_lhs(ct, x_ndim, y, dimension_numbers, precision, preferred_element_
 
 
 @vjp_rule(lax.dot_general_p)
-def dot_general_vjp(ct, x, y, *, needs, dimension_numbers, precision, preferred_element_type):
-    """d(x . y) = ct . y^T (contracted over y's free dims) and x^T . ct, batch dims paired."""
+def dot_general_vjp(
+    ct, x, y, *, needs, dimension_numbers, precision=None, preferred_element_type=None
+):
+    """d(x . y) = ct . y^T (contracted over y's free dims) and x^T . ct, batch dims paired.
+
+    The transposed products keep the forward's ``preferred_element_type``, as JAX's do: with
+    ``f32 x f32 -> bf16`` the cotangent products are rounded to bf16 too (the interpreter then
+    casts each cotangent to its operand's dtype).
+    """
     return (
-        _dot_vjp_lhs(ct, np.ndim(x), y, dimension_numbers, precision, None, False)
+        _dot_vjp_lhs(ct, np.ndim(x), y, dimension_numbers, precision, preferred_element_type, False)
         if needs[0]
         else None,
-        _dot_vjp_lhs(ct, np.ndim(y), x, dimension_numbers, precision, None, True)
+        _dot_vjp_lhs(ct, np.ndim(y), x, dimension_numbers, precision, preferred_element_type, True)
         if needs[1]
         else None,
     )
