@@ -14,6 +14,7 @@ from collections.abc import Sequence
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("funcgrad.cli_train", "train a model on a data set; print loss and accuracy"),
+    "tour": ("funcgrad.cli_tour", "train, check and draw the seed models; write an HTML page"),
 }
 
 

@@ -76,6 +76,7 @@ def loss_curves(
     history: Mapping[str, Sequence[float]],
     *,
     metrics: Sequence[str] | None = None,
+    step_losses: Sequence[Sequence[float]] | None = None,
     log_loss: bool | None = None,
     title: str | None = None,
     panel_size: tuple[float, float] = (4.2, 3.2),
@@ -85,8 +86,12 @@ def loss_curves(
     ``history`` is what :func:`funcgrad.train.fit` returns: per-epoch lists such as ``loss``,
     ``accuracy``, ``eval_loss``, ``eval_accuracy``; ``eval_<name>`` is drawn in the panel of
     ``<name>``, the time columns are left out. ``metrics`` picks and orders the panels (default:
-    every metric). ``log_loss`` puts the loss on a log scale (default: when it spans more than
-    two orders of magnitude and is positive).
+    every metric). ``step_losses``, one sequence of step losses per epoch (the
+    ``state["step_losses"]`` a fit callback receives), adds every step's loss to the loss panel
+    as a thin line, step ``i`` of ``s`` in epoch ``e`` at ``e - 1 + (i + 1) / s``, so the epoch
+    means sit at the end of their epochs: the picture for runs of only a few epochs.
+    ``log_loss`` puts the loss on a log scale (default: when it spans more than two orders of
+    magnitude and is positive).
     """
     panels = _metric_panels(history, metrics)
     if not panels:
@@ -97,7 +102,13 @@ def loss_curves(
     fig = Figure(figsize=(panel_size[0] * len(panels), panel_size[1]), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (metric, curves) in zip(axes, panels):
+        if metric == "loss" and step_losses is not None:
+            xs, ys = _step_positions(step_losses)
+            ax.plot(xs, ys, "-", color="0.6", lw=0.6, label="train (each step)")
+            curves = [*curves, ("train (each step)", ys)]  # for the log-scale decision
         for label, values in curves:
+            if label == "train (each step)":
+                continue
             epochs = np.arange(1, len(values) + 1)
             style = "-" if label == "train" else "--"
             marker = "o" if len(values) <= 30 else None
@@ -115,6 +126,17 @@ def loss_curves(
     if title:
         fig.suptitle(title)
     return fig
+
+
+def _step_positions(step_losses: Sequence[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for e, losses in enumerate(step_losses):
+        losses = np.asarray(losses, dtype=float).reshape(-1)
+        xs.append(e + np.arange(1, losses.size + 1) / max(losses.size, 1))
+        ys.append(losses)
+    if not xs:
+        return np.zeros(0), np.zeros(0)
+    return np.concatenate(xs), np.concatenate(ys)
 
 
 def _use_log(curves: list[tuple[str, list[float]]], log_loss: bool | None) -> bool:
