@@ -157,6 +157,35 @@ def test_accuracy_param(name, accuracy):
     assert_vjp_matches_jit(lambda x: op(x, accuracy=accuracy), x)
 
 
+@pytest.mark.parametrize("name", ["tanh", "exp", "sqrt", "logistic", "erf", "cbrt", "atanh"])
+def test_unary_bfloat16(name):
+    """Constants in the rules take the operand's dtype: a bf16 input gets a bf16 gradient."""
+    assert_vjp_matches(UNARY[name][0], _unary_input(name, (5,), jnp.bfloat16))
+
+
+def test_mul_out_dtype():
+    # a bf16 product accumulated in f32: each cotangent comes back in its operand's dtype
+    x = _uniform((2, 3), -1, 1, jnp.bfloat16, seed=1)
+    y = _uniform((1, 3), -1, 1, jnp.bfloat16, seed=2)
+    w = _uniform((2, 3), -1, 1, seed=3)
+
+    def f(x, y):
+        return jnp.sum(lax.mul(x, y, out_dtype=jnp.float32) * w)
+
+    assert_grads_match(f, x, y, argnums=(0, 1))
+
+
+def test_literal_operands():
+    # Python scalars become literals in the jaxpr: `pow 2.0:f32[] y`, `clamp 0.0 x 1.0`, ...
+    def f(y):
+        return jnp.sum(
+            lax.pow(2.0, y) + lax.pow(y, 3) + lax.atan2(1.0, y) + lax.rem(3.0, y)
+            + lax.max(y, 0.5) + lax.clamp(0.0, y, 1.0) + lax.select_n(True, y, 2.0 * y)
+        )  # fmt: skip
+
+    assert_grads_match(f, _uniform((4,), 0.2, 1.5), jit=False)
+
+
 # ---- binary ops and implicit broadcasting -------------------------------------------------------
 
 # name -> (op, x domain, y domain)

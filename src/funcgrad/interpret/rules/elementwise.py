@@ -31,9 +31,15 @@ _HIGHEST = lax.AccuracyMode.HIGHEST
 _HOST = jax.memory.Space.Host
 
 
+def _dtype(x):
+    """The dtype of an operand (a literal may arrive as a plain Python bool: `select_n True`)."""
+    dtype = getattr(x, "dtype", None)
+    return jax.typeof(x).dtype if dtype is None else dtype
+
+
 def _const(x, value):
     """``value`` as a NumPy scalar of ``x``'s dtype: a jaxpr literal that lax ops broadcast."""
-    return np.array(value, x.dtype)
+    return np.array(value, _dtype(x))
 
 
 def _zeros(x):
@@ -51,7 +57,7 @@ def _replace_zero(x):
 
 
 def _is_complex(x) -> bool:
-    return dtypes.issubdtype(x.dtype, np.complexfloating)
+    return dtypes.issubdtype(_dtype(x), np.complexfloating)
 
 
 # ---- arithmetic ---------------------------------------------------------------------------------
@@ -68,10 +74,13 @@ def sub_vjp(ct, x, y):  # d(x - y) = dx - dy
 
 
 @vjp_rule(lax.mul_p)
-def mul_vjp(ct, x, y, *, needs):  # d(x y) = y dx + x dy
+def mul_vjp(ct, x, y, *, needs, out_dtype=None):
+    """d(x y) = y dx + x dy. With ``out_dtype`` (a bf16 product accumulated in f32, say) each
+    cotangent is produced in its operand's dtype, as JAX's transpose does."""
+    x_dtype, y_dtype = (None, None) if out_dtype is None else (_dtype(x), _dtype(y))
     return (
-        unbroadcast(lax.mul(ct, y), x) if needs[0] else None,
-        unbroadcast(lax.mul(x, ct), y) if needs[1] else None,
+        unbroadcast(lax.mul(ct, y, out_dtype=x_dtype), x) if needs[0] else None,
+        unbroadcast(lax.mul(x, ct, out_dtype=y_dtype), y) if needs[1] else None,
     )
 
 
@@ -147,7 +156,7 @@ def select_n_vjp(ct, which, *cases, needs):
     zeros = _zeros(ct)
 
     def case_ct(i):
-        if which.dtype == np.bool_:  # False picks case 0, True case 1
+        if _dtype(which) == np.bool_:  # False picks case 0, True case 1
             return lax.select_n(which, *((ct, zeros) if i == 0 else (zeros, ct)))
         return _select(lax.eq(which, _const(which, i)), ct, zeros)
 
@@ -158,7 +167,7 @@ def select_n_vjp(ct, which, *cases, needs):
 def abs_vjp(ct, x, *, out):
     """d|x| = sign(x) dx with abs'(0) = +1 as in JAX; complex x: ct conj(x) / |x| (0 at 0)."""
     if _is_complex(x):
-        unit = lax.div(lax.conj(x), _replace_zero(lax.convert_element_type(out, x.dtype)))
+        unit = lax.div(lax.conj(x), _replace_zero(lax.convert_element_type(out, _dtype(x))))
         return (lax.mul(lax.complex(ct, _zeros(ct)), unit),)
     return (_select(lax.ge(x, _const(x, 0)), ct, lax.neg(ct)),)
 
@@ -198,7 +207,7 @@ def pow_vjp(ct, x, y, *, out, needs):
     """
     dx = dy = None
     if needs[0]:
-        if dtypes.issubdtype(y.dtype, np.integer):
+        if dtypes.issubdtype(_dtype(y), np.integer):
             yf = _broadcast_to(lax.convert_element_type(y, out.dtype), out.shape)
             xb = _broadcast_to(x, out.shape)
             slope = _select(
