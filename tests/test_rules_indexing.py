@@ -413,9 +413,38 @@ def test_scatter_apply_is_refused_like_jax():
         fg.grad(f)(jnp.ones(3))
 
 
+def sort_in_scan(x):
+    def body(c, row):
+        s = jnp.sort(row * c)
+        return c + jnp.sum(s * jnp.arange(5.0)) * 0.1, s
+
+    c, ys = lax.scan(body, 1.0, x)
+    return c + jnp.sum(ys**2)
+
+
+def sort_in_cond(x):
+    return lax.cond(x[0, 0] > 0, lambda x: jnp.sum(jnp.sort(x, axis=0) * x), jnp.sum, x)
+
+
+def sort_in_checkpoint(x):
+    return jnp.sum(jax.checkpoint(lambda x: jnp.sort(jnp.sin(x)) * jnp.arange(5.0))(x))
+
+
+@pytest.mark.parametrize("f", [sort_in_scan, sort_in_cond, sort_in_checkpoint],
+                         ids=["scan", "cond", "checkpoint"])
+def test_sort_permutation_survives_control_flow(f):
+    """The sort rule keeps its permutation as a residual: it must be carried through a scan's
+    stacked residuals, a cond's branches and a checkpoint's recomputation."""
+    x = randn(34, 4, 5)
+    assert_grads_match(f, x)
+    assert_grads_match(f, -x, jit=False)  # the other cond branch
+
+
 def test_sort_forward_pass_sorts_once():
     """The sort rule keeps the forward permutation: value_and_grad sorts once, as JAX does."""
-    f = lambda x: jnp.sum(jnp.sort(x) * jnp.arange(6.0))  # noqa: E731
+    def f(x):
+        return jnp.sum(jnp.sort(x) * jnp.arange(6.0))
+
     jaxpr = jax.make_jaxpr(fg.value_and_grad(f))(randn(33, 6))
 
     def count(jaxpr):

@@ -145,6 +145,8 @@ CASES = [
     # pad: negative lo/hi, interior, gradient of the padding value
     Case("jnp.pad-constant", "pad", lambda x: jnp.pad(x, ((1, 2), (0, 3))),
          lambda: (randn(34, 2, 3),)),
+    Case("jnp.pad-reflect", "rev", lambda x: jnp.pad(x, ((2, 1), (1, 2)), mode="reflect"),
+         lambda: (randn(41, 4, 3),)),
     Case("lax.pad-negative-interior", "pad",
          lambda x, v: lax.pad(x, v, ((1, -1, 1), (-2, 2, 2), (0, 0, 0))),
          lambda: (randn(35, 3, 4, 2), randn(36)), argnums=(0, 1)),
