@@ -26,7 +26,7 @@ from jax.extend.core import ClosedJaxpr, Literal, Var
 from funcgrad._paths import path_to_str
 from funcgrad.interpret.backward import backward
 from funcgrad.interpret.tagging import tag_p
-from funcgrad.interpret.trace import Trace, evaluate, is_differentiable
+from funcgrad.interpret.trace import INSPECTING, Trace, evaluate, is_differentiable
 
 __all__ = ["grad", "hessian", "jacrev", "trace", "value_and_grad", "vjp"]
 
@@ -369,6 +369,14 @@ def trace(
     """
     nums = _argnums_tuple(argnums, len(args))
     traced = _Traced(fun, args, kwargs, nums, has_aux)
+    token = INSPECTING.set(True)
+    try:
+        return _trace(traced, argnums, has_aux, out_cotangent)
+    finally:
+        INSPECTING.reset(token)
+
+
+def _trace(traced: _Traced, argnums: Any, has_aux: bool, out_cotangent: Any) -> Trace:
     tr = traced.evaluate()
     outs = tr.outputs
     if out_cotangent is None:

@@ -16,6 +16,7 @@ interpreter simply emits the primitives again.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -25,7 +26,13 @@ from jax.extend.core import DropVar, Jaxpr, JaxprEqn, Literal, Var
 
 from funcgrad.interpret.rules import lookup_higher_order
 
-__all__ = ["Trace", "evaluate", "is_differentiable", "jaxpr_activity", "read"]
+__all__ = ["INSPECTING", "Trace", "evaluate", "is_differentiable", "jaxpr_activity", "read"]
+
+# Set by fg.trace: every nested value and cotangent must be kept for inspection, so eager
+# evaluation may not hand nested calls to compiled programs (which keep only what they return).
+INSPECTING: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "funcgrad_inspecting", default=False
+)
 
 _DIFFERENTIABLE: dict[Any, bool] = {}
 
@@ -155,12 +162,16 @@ class Trace:
             out.extend(_record_leaves(self.records[i]))
         return out
 
-    def with_leaves(self, leaves: Sequence[Any]) -> Trace:
-        """A trace of the same structure whose varying values are ``leaves`` (see ``leaves``)."""
+    def with_leaves(self, leaves: Sequence[Any], consts: Sequence[Any] | None = None) -> Trace:
+        """A trace of the same structure whose varying values are ``leaves`` (see ``leaves``).
+
+        ``consts`` rebinds the jaxpr's constants (when the trace was built from other values).
+        """
         leaves = list(leaves)
         varying = self._varying_vars()
-        values = {v: self.values[v] for v in self.jaxpr.constvars}
-        values.update((v, self.values[v]) for v in self.invariant)
+        values = {v: self.values[v] for v in self.invariant}
+        if consts is not None:
+            values.update(zip(self.jaxpr.constvars, consts))
         values.update(zip(varying, leaves[: len(varying)]))
         pos = len(varying)
         records = {}
@@ -171,7 +182,14 @@ class Trace:
             pos += n
         if pos != len(leaves):
             raise AssertionError(f"trace residuals: expected {pos} leaves, got {len(leaves)}")
-        return Trace(self.jaxpr, self.consts, values, self.active, records, self.invariant)
+        new_consts = self.consts if consts is None else list(consts)
+        return Trace(self.jaxpr, new_consts, values, self.active, records, self.invariant)
+
+    def only_trace_records(self) -> bool:
+        """True if every nested record is itself a Trace with only Trace records (no scan)."""
+        return all(
+            isinstance(r, Trace) and r.only_trace_records() for r in self.records.values()
+        )
 
 
 def _is_record(item: Any) -> bool:

@@ -19,7 +19,13 @@ from jax.interpreters import ad as jax_ad
 
 from funcgrad.interpret.backward import backward, instantiate
 from funcgrad.interpret.rules import higher_order_rule
-from funcgrad.interpret.trace import Trace, evaluate, is_differentiable, jaxpr_activity
+from funcgrad.interpret.trace import (
+    INSPECTING,
+    Trace,
+    evaluate,
+    is_differentiable,
+    jaxpr_activity,
+)
 
 
 def _open(jaxpr: Any) -> tuple[Any, list[Any]]:
@@ -44,9 +50,76 @@ def _zero_tangent(aval: Any) -> Any:
     return np.zeros(aval.shape, dtype=dtypes.float0)
 
 
+class _CompiledBody:
+    """A call body's forward and backward passes as two compiled programs, for eager use.
+
+    Eagerly, the interpreter dispatches one primitive at a time. A ``jit`` body (log_softmax,
+    relu, take_along_axis, ...) is the same jaxpr object on every call (JAX caches it), so its
+    interpretation is compiled once: forward returns the outputs and every value the backward
+    pass needs, backward maps those values and the output cotangents to input cotangents. This
+    is what JAX's eager mode does with a jitted function too: one dispatch, not one per primitive.
+    """
+
+    def __init__(self, jaxpr: Any, active: tuple[bool, ...]):
+        self.out_active = jaxpr_activity(jaxpr, active)
+        self.skeleton: Trace | None = None
+
+        def forward(consts: list[Any], args: list[Any]) -> tuple[list[Any], list[Any]]:
+            sub = evaluate(jaxpr, consts, args, active)
+            if not sub.only_trace_records():
+                raise _NotCompilable
+            self.skeleton = sub
+            return sub.outputs, sub.leaves()
+
+        def backward_(consts: list[Any], leaves: list[Any], cts: list[Any]) -> list[Any]:
+            assert self.skeleton is not None
+            return backward(self.skeleton.with_leaves(leaves, consts), cts)
+
+        self.forward = jax.jit(forward)
+        self.backward = jax.jit(backward_)
+
+
+class _NotCompilable(Exception):
+    """A body whose records cannot be rebuilt from leaves alone (e.g. it contains a scan)."""
+
+
+class _CompiledRecord:
+    def __init__(self, body: _CompiledBody, consts: list[Any], leaves: list[Any]):
+        self.body, self.consts, self.leaves_ = body, consts, leaves
+
+    def leaves(self) -> list[Any]:
+        return list(self.leaves_)
+
+    def with_leaves(self, leaves: list[Any]) -> _CompiledRecord:
+        return _CompiledRecord(self.body, self.consts, list(leaves))
+
+
+_COMPILED: dict[tuple[int, tuple[bool, ...]], tuple[Any, _CompiledBody | None]] = {}
+
+
+def _compiled_body(jaxpr: Any, active: tuple[bool, ...]) -> _CompiledBody | None:
+    key = (id(jaxpr), active)
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0] is jaxpr:
+        return hit[1]
+    if len(_COMPILED) > 512:  # bodies are few; don't let a pathological program grow this
+        _COMPILED.clear()
+    body = _CompiledBody(jaxpr, active)
+    _COMPILED[key] = (jaxpr, body)  # keeps jaxpr alive, so its id stays unique
+    return body
+
+
+def _eager_compilable(invals: list[Any], active: list[bool]) -> bool:
+    return any(active) and not INSPECTING.get() and not _is_traced(invals)
+
+
 @higher_order_rule("jit", "closed_call", "call")
 class CallVjp:
-    """A call is transparent: d call(f)(x) = d f(x). Evaluated inline, its trace kept."""
+    """A call is transparent: d call(f)(x) = d f(x). Evaluated inline, its trace kept.
+
+    Eagerly (outside ``jax.jit`` and ``fg.trace``), the body's forward and backward passes run as
+    compiled programs instead, one dispatch each; see :class:`_CompiledBody`.
+    """
 
     @staticmethod
     def _body(eqn: Any) -> tuple[Any, list[Any]]:
@@ -55,6 +128,15 @@ class CallVjp:
 
     def forward(self, eqn, invals, active):
         jaxpr, consts = self._body(eqn)
+        if _eager_compilable(invals, active):
+            body = _compiled_body(jaxpr, tuple(active))
+            if body is not None:
+                try:
+                    outs, leaves = body.forward(consts, invals)
+                except _NotCompilable:
+                    _COMPILED[(id(jaxpr), tuple(active))] = (jaxpr, None)
+                else:
+                    return list(outs), body.out_active, _CompiledRecord(body, consts, leaves)
         sub = evaluate(jaxpr, consts, invals, active)
         return sub.outputs, _outputs_active(sub), sub
 
@@ -62,6 +144,8 @@ class CallVjp:
         return jaxpr_activity(self._body(eqn)[0], active)
 
     def backward(self, eqn, invals, record, cts, needs):
+        if isinstance(record, _CompiledRecord):
+            return record.body.backward(record.consts, record.leaves_, list(cts))
         return backward(record, cts)
 
 
