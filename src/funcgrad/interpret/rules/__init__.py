@@ -123,7 +123,7 @@ def zero_vjp(*primitives: Primitive | str) -> None:
     the derivative is zero almost everywhere, and JAX defines it as zero) and primitives whose
     outputs are integers, booleans or keys (comparisons, ``iota``, ``argmax``, random bits).
     """
-    _register([_name(p) for p in primitives], RuleSpec(_zero_cotangents, False, False, None))
+    _register([_name(p) for p in primitives], RuleSpec(_zero_cotangents, False, False, frozenset()))
 
 
 def higher_order_rule(*primitives: Primitive | str) -> Callable[[type], type]:

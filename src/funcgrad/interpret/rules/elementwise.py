@@ -68,6 +68,11 @@ def add_vjp(ct, x, y):  # d(x + y) = dx + dy
     return (unbroadcast(ct, x), unbroadcast(ct, y))
 
 
+@vjp_rule("add_any")
+def add_any_vjp(ct, x, y):  # jax.grad's cotangent accumulator: d(x + y) = dx + dy, same shapes
+    return (ct, ct)
+
+
 @vjp_rule(lax.sub_p)
 def sub_vjp(ct, x, y):  # d(x - y) = dx - dy
     return (unbroadcast(ct, x), unbroadcast(lax.neg(ct), y))
@@ -408,17 +413,11 @@ zero_vjp(
     lax.sign_p,
     lax.is_finite_p,
     prims.stop_gradient_p,
-    # nextafter(x, y) steps x by one ulp: JAX has no derivative rule for it (jax.grad raises);
-    # funcgrad treats it as piecewise constant, like floor.
-    lax.nextafter_p,
+    lax.round_p,
 )
-
-
-@vjp_rule(lax.round_p)
-def round_vjp(ct, x):
-    """Zero, like floor. Registered with ``vjp_rule``, not ``zero_vjp``: the registry passes a
-    ``zero_vjp`` rule the equation's params (``rounding_method``), which it does not accept."""
-    return (None,)
+# nextafter(x, y) has no rule on purpose: jax.grad raises for it, and calling it piecewise
+# constant would be a silent wrong gradient (it moves x by one ulp, so d/dx is 1 almost
+# everywhere). funcgrad raises UnsupportedPrimitiveError instead.
 
 
 # ---- complex parts ------------------------------------------------------------------------------
