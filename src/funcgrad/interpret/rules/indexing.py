@@ -232,25 +232,25 @@ def scatter_vjp(
 
 @vjp_rule(lax.scatter_max_p, lax.scatter_min_p)
 def scatter_extremum_vjp(ct, x, indices, updates, *, out, dimension_numbers, mode, needs):
-    """d scatter_max(x, i, u) (and min): each slot's ct is shared equally among the values that
+    """d scatter_max(x, i, u) (and min): a slot's ct is shared equally among the values that
     attain it, the operand's old value and every update that ties with it, as in JAX.
 
-    For the slot an update window writes to: ``n`` updates equal the result there, the operand
-    did (``kept``) or not, and ``refs`` updates point at it. Then an update that attains the
-    result gets ct/(n + kept); the operand keeps ct and loses ct * (1 - kept/(n + kept)) once per
-    reference (JAX's JVP subtracts it per update, so the transpose adds it back per update).
+    Per update window: ``n`` updates equal the result at its slot, the operand did (``kept``) or
+    not, ``refs`` updates point at the slot. An attaining update gets ct/(n + kept); the operand
+    keeps ct * kept/(n + kept). JAX's JVP spreads the operand's correction over the ``refs``
+    updates at the slot; its transpose (and this rule) adds the ``refs`` shares back.
     """
     updates_shape = np.shape(updates)
     x_shape = np.shape(x)
     sizes = _window_sizes(x_shape, updates_shape, dimension_numbers)
     gather_dnums = _gather_dnums(dimension_numbers)
 
-    def at_windows(a, gather_mode=None):  # default mode, as in JAX's JVP
-        return lax.gather(a, indices, gather_dnums, sizes, mode=gather_mode)
+    def at_windows(a):  # the default gather mode (FILL_OR_DROP), as in JAX's JVP
+        return lax.gather(a, indices, gather_dnums, sizes)
 
     def count_at_windows(per_update):
-        return at_windows(lax.scatter_add(_zeros(x_shape, ct.dtype), indices, per_update,
-                                          dimension_numbers))
+        totals = lax.scatter_add(_zeros(x_shape, ct.dtype), indices, per_update, dimension_numbers)
+        return at_windows(totals)
 
     one = lax.full(updates_shape, 1, ct.dtype)
     zero = _zeros(updates_shape, ct.dtype)
@@ -260,17 +260,15 @@ def scatter_extremum_vjp(ct, x, indices, updates, *, out, dimension_numbers, mod
     n_attained = count_at_windows(lax.select(attained, one, zero))
     n_refs = count_at_windows(one)
     share_if_kept = lax.div(one, lax.add(n_attained, one))
-    updates_coef = lax.select(attained, lax.select(kept, share_if_kept,
-                                                   lax.div(one, n_attained)), zero)
+    share = lax.select(kept, share_if_kept, lax.div(one, n_attained))
+    updates_coef = lax.select(attained, share, zero)
     operand_coef = lax.div(lax.add(lax.neg(one), lax.select(kept, share_if_kept, zero)), n_refs)
 
     ct_windows = lax.gather(ct, indices, gather_dnums, sizes, mode=mode, fill_value=0)
     grad_x = grad_updates = None
     if needs[0]:
-        back = lax.scatter_add(
-            _zeros(x_shape, ct.dtype), indices, lax.mul(ct_windows, operand_coef),
-            dimension_numbers,
-        )
+        corrections = lax.mul(ct_windows, operand_coef)
+        back = lax.scatter_add(_zeros(x_shape, ct.dtype), indices, corrections, dimension_numbers)
         grad_x = lax.add(ct, back)
     if needs[2]:
         grad_updates = lax.mul(ct_windows, updates_coef)
