@@ -108,11 +108,15 @@ def _is_scatter(artist: Any) -> bool:
     return isinstance(artist, PathCollection) and not isinstance(artist, ContourSet)
 
 
+_SHORT_NAMES = {"accuracy": "acc", "eval_loss": "val loss", "eval_accuracy": "val acc"}
+
+
 def _frame_title(frame: Mapping[str, Any], title: str | None) -> str:
     parts = [f"epoch {frame['epoch']}"]
-    metrics = frame.get("metrics", {})
-    for name, value in metrics.items():
-        parts.append(f"{name} {100 * value:.1f}%" if "accuracy" in name else f"{name} {value:.3f}")
+    for name, value in frame.get("metrics", {}).items():
+        short = _SHORT_NAMES.get(name, name)
+        shown = f"{100 * value:.1f}%" if "accuracy" in name else f"{value:.3f}"
+        parts.append(f"{short} {shown}")
     head = f"{title}\n" if title else ""
     return head + "   ".join(parts)
 

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARKER", "Report", "Section", "table_html"]
+__all__ = ["MARKER", "Report", "Section", "grad_report_html", "table_html"]
 
 MARKER = ".funcgrad-report"
 """A file in every directory written by :meth:`Report.write`: only such a directory (or an empty
@@ -60,7 +60,10 @@ pre { background: #f6f8fa; padding: 0.7em 1em; overflow-x: auto; font-size: 0.85
 .note { border-left: 4px solid #999; background: #f6f6f6; padding: 0.5em 1em; margin: 1em 0; }
 .note.warning { border-color: #d9a400; background: #fff8e1; }
 .note.error { border-color: #c62828; background: #fdecea; }
-.gradreport table { font-size: 0.8em; }
+.gradreport table { font-size: 0.85em; }
+.gradreport td.ok { color: #070; } .gradreport td.bad { color: #b00; font-weight: bold; }
+details { margin: 0.3em 0 1.5em; } details > div { overflow-x: auto; }
+summary { cursor: pointer; color: #555; }
 .gradreport .fail td { background: #fde8e8; }
 .ok { color: #070; } .bad { color: #b00; font-weight: bold; }
 footer { margin-top: 3em; color: #777; font-size: 0.85em; }
@@ -120,6 +123,48 @@ def table_html(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _pair_cell(row: Mapping[str, Any]) -> str:
+    maxrel = row.get("maxrel")
+    rel = f"{maxrel:.1e}" if isinstance(maxrel, int | float) and maxrel not in (0, None) else ""
+    if not row["ok"]:
+        return f'<td class="bad">{_esc(f"FAIL {rel}".strip())}</td>'
+    if row.get("exact"):
+        return '<td class="ok">exact</td>'
+    return f'<td class="ok">{_esc(f"close {rel}".strip())}</td>'
+
+
+def grad_report_html(data: Mapping[str, Any], full_html: str | None = None) -> str:
+    """HTML for a GradReport's ``to_dict()``: a leaf × pair table, the verdict, the notes, and
+    ``full_html`` (every statistic) in a folded ``<details>``."""
+    pairs = list(data["pairs"])
+    by_leaf: dict[str, dict[str, Mapping[str, Any]]] = {}
+    for row in data["rows"]:
+        by_leaf.setdefault(row["leaf"], {})[row["pair"]] = row
+    head = "".join(f"<th>{_esc(h)}</th>" for h in ("leaf", "shape", "dtype", *pairs))
+    body = []
+    for leaf, rows in by_leaf.items():
+        first = next(iter(rows.values()))
+        shape = str(tuple(first["shape"]))
+        cells = [f"<td><code>{_esc(leaf)}</code></td>", f"<td>{_esc(shape)}</td>",
+                 f"<td>{_esc(first['dtype'])}</td>"]
+        cells += [_pair_cell(rows[p]) if p in rows else "<td></td>" for p in pairs]
+        row_class = ' class="fail"' if any(not r["ok"] for r in rows.values()) else ""
+        body.append(f"<tr{row_class}>{''.join(cells)}</tr>")
+    verdict_class = "ok" if data["ok"] else "bad"
+    notes = "".join(f"<li>{_esc(n)}</li>" for n in data.get("notes", ()))
+    details = (
+        f"<details><summary>every statistic (exact, close, maxabs, maxrel, ulps)</summary>"
+        f"{full_html}</details>"
+        if full_html
+        else ""
+    )
+    return (
+        f'<div class="gradreport"><p><b>{_esc(data["title"])}</b></p>'
+        f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        f'<p class="{verdict_class}">{_esc(data["verdict"])}</p><ul>{notes}</ul>{details}</div>'
+    )
+
+
 class Section:
     """One part of a :class:`Report`: a heading, then blocks (text, pictures, tables) in order.
 
@@ -166,13 +211,15 @@ class Section:
         return self
 
     def grad_report(self, report: Any) -> Section:
-        """A :class:`funcgrad.GradReport` as its HTML table (its own escaping), with the verdict."""
+        """A :class:`funcgrad.GradReport`: a compact table (one row per leaf, one column per pair
+        of engines: ``exact``, ``close`` with the largest relative difference, or ``FAIL``), the
+        verdict and notes, and the full statistics (the report's own HTML) folded below."""
         if not hasattr(report, "_repr_html_") or not hasattr(report, "to_dict"):
             raise TypeError(
                 f"grad_report expects a funcgrad GradReport (from fg.compare_grads), got "
                 f"{type(report).__name__}"
             )
-        self._blocks.append(f'<div class="gradreport">{report._repr_html_()}</div>')
+        self._blocks.append(grad_report_html(report.to_dict(), report._repr_html_()))
         return self
 
     # ---- pictures -------------------------------------------------------------------------------
