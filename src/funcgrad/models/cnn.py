@@ -131,11 +131,15 @@ def _features(
     x: jax.Array,
     settings: list[tuple],
     act: Activation,
+    conv_impl: str = "im2col",
+    pool_impl: str = "reshape",
 ) -> jax.Array:
     """(batch, H, W, C) images -> (batch, F) flattened features of the conv stack."""
     for conv, (stride, padding, pool, window) in zip(convs, settings):
-        x = act(layers.conv2d(conv, x, stride=stride, padding=padding))
-        if pool is not None:
+        x = act(layers.conv2d(conv, x, stride=stride, padding=padding, impl=conv_impl))
+        if pool == "max":
+            x = layers.max_pool(x, window, impl=pool_impl)
+        elif pool is not None:
             x = _POOLS[pool](x, window)
     return layers.flatten(x)
 
@@ -149,6 +153,8 @@ def features(
     pool: str | Sequence[str | None] | None = POOL,
     pool_window: int | Sequence[int] = POOL_WINDOW,
     activation: str | Activation = "relu",
+    conv_impl: str = "im2col",
+    pool_impl: str = "reshape",
 ) -> jax.Array:
     """Return the flattened output of the conv stack: ``(batch, H, W, C) -> (batch, F)`` (or
     ``(H, W, C) -> (F,)``), the input of the dense head. Arguments as in :func:`apply`."""
@@ -163,7 +169,7 @@ def features(
     if unbatched:
         x = x[None]
     settings = _conv_settings(len(convs), stride, padding, pool, pool_window)
-    feats = _features(convs, x, settings, activations.get(activation))
+    feats = _features(convs, x, settings, activations.get(activation), conv_impl, pool_impl)
     return feats[0] if unbatched else feats
 
 
@@ -180,6 +186,8 @@ def apply(
     dropout_rate: float = 0.0,
     key: jax.Array | None = None,
     train: bool = False,
+    conv_impl: str = "im2col",
+    pool_impl: str = "reshape",
 ) -> jax.Array:
     """Run the CNN: NHWC images ``(batch, H, W, C) -> (batch, n_classes)`` logits, or one image
     ``(H, W, C) -> (n_classes,)``.
@@ -190,6 +198,11 @@ def apply(
     :func:`init`. Dropout (``dropout_rate``, needs ``key`` when ``train=True``) follows each
     hidden dense layer of the head. Raises ``ValueError`` naming the layer on a wrong input shape
     or dtype (e.g. (batch, 28, 28) without the channel axis).
+
+    ``conv_impl`` ("im2col" or "xla") and ``pool_impl`` ("reshape" or "xla") choose how the
+    convolutions and max-pooling are computed (see :func:`layers.conv2d` and
+    :func:`layers.max_pool`): the same function up to float rounding; the defaults train about
+    15x faster on CPU.
     """
     feats = features(
         params,
@@ -199,6 +212,8 @@ def apply(
         pool=pool,
         pool_window=pool_window,
         activation=activation,
+        conv_impl=conv_impl,
+        pool_impl=pool_impl,
     )
     head = params["head"]
     expected = head[0]["W"].shape[0]

@@ -1,0 +1,101 @@
+"""The two formulations of conv2d and max_pool compute the same function, with both engines."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import funcgrad as fg
+from funcgrad import losses
+from funcgrad.models import cnn, layers
+
+GEOMETRIES = [  # (image hw, kernel, stride, padding)
+    ((7, 7), (3, 3), 1, "SAME"),
+    ((7, 7), (3, 3), 2, "SAME"),
+    ((8, 6), (3, 3), 1, "VALID"),
+    ((9, 9), (3, 2), 2, "VALID"),
+    ((5, 5), (1, 1), 1, "SAME"),
+    ((6, 6), (5, 5), 3, "SAME"),
+]
+
+
+@pytest.mark.parametrize(("hw", "kernel", "stride", "padding"), GEOMETRIES)
+def test_im2col_conv_equals_xla_conv_and_so_do_their_gradients(hw, kernel, stride, padding):
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    params = layers.conv2d_init(k1, kernel, 3, 4)
+    params["b"] = jax.random.normal(k3, (4,))
+    x = jax.random.normal(k2, (2, *hw, 3))
+
+    def out(impl):
+        return layers.conv2d(params, x, stride=stride, padding=padding, impl=impl)
+
+    np.testing.assert_allclose(out("im2col"), out("xla"), rtol=1e-5, atol=1e-5)
+
+    def loss(p, x, impl):
+        y = layers.conv2d(p, x, stride=stride, padding=padding, impl=impl)
+        return jnp.sum(jnp.tanh(y) * jnp.arange(y.size).reshape(y.shape) / y.size)
+
+    reference = jax.grad(loss, argnums=(0, 1))(params, x, "xla")
+    for grad in (jax.grad, fg.grad):
+        got = grad(loss, argnums=(0, 1))(params, x, "im2col")
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_reshape_pool_equals_reduce_window_pool_including_odd_sizes():
+    x = jax.random.normal(jax.random.key(1), (2, 7, 9, 3))  # 7x9 crops to 6x8: VALID windows
+    for window in (2, 3):
+        a = layers.max_pool(x, window, impl="reshape")
+        b = layers.max_pool(x, window, impl="xla")
+        assert a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+        def loss(x, impl, window=window):
+            return jnp.sum(jnp.sin(layers.max_pool(x, window, impl=impl)))
+
+        expected = jax.grad(loss)(x, "xla")  # random inputs: no ties, one max per window
+        np.testing.assert_allclose(jax.grad(loss)(x, "reshape"), expected, rtol=1e-6)
+        np.testing.assert_allclose(fg.grad(loss)(x, "reshape"), expected, rtol=1e-6)
+
+
+def test_pool_tie_conventions_differ_as_documented():
+    x = jnp.ones((1, 2, 2, 1))  # one window, four equal maxima
+    shared = jax.grad(lambda x: layers.max_pool(x, impl="reshape").sum())(x)
+    first = jax.grad(lambda x: layers.max_pool(x, impl="xla").sum())(x)
+    np.testing.assert_allclose(shared[0, :, :, 0], [[0.25, 0.25], [0.25, 0.25]])
+    np.testing.assert_allclose(first[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])
+
+
+def test_overlapping_or_padded_pools_fall_back_to_reduce_window():
+    x = jax.random.normal(jax.random.key(2), (1, 6, 6, 2))
+    for kwargs in ({"stride": 1}, {"padding": "SAME"}):
+        np.testing.assert_array_equal(
+            layers.max_pool(x, 3, impl="reshape", **kwargs),
+            layers.max_pool(x, 3, impl="xla", **kwargs),
+        )
+
+
+def test_unknown_impl_is_refused():
+    params = layers.conv2d_init(jax.random.key(0), 3, 1, 2)
+    with pytest.raises(ValueError, match="conv2d impl must be one of"):
+        layers.conv2d(params, jnp.ones((1, 4, 4, 1)), impl="fft")
+    with pytest.raises(ValueError, match="max_pool impl must be one of"):
+        layers.max_pool(jnp.ones((1, 4, 4, 1)), impl="sort")
+
+
+def test_the_cnn_trains_the_same_with_either_formulation():
+    params = cnn.init(jax.random.key(0), (12, 12, 1), conv_channels=(4, 8), dense_sizes=(16, 10))
+    x = jax.random.normal(jax.random.key(1), (6, 12, 12, 1))
+    y = jnp.arange(6) % 10
+
+    def loss(p, conv_impl, pool_impl):
+        return losses.softmax_cross_entropy(
+            cnn.apply(p, x, conv_impl=conv_impl, pool_impl=pool_impl), y
+        )
+
+    ref_loss, ref_grads = jax.value_and_grad(loss)(params, "xla", "xla")
+    for value_and_grad in (jax.value_and_grad, fg.value_and_grad):
+        got_loss, got_grads = value_and_grad(loss)(params, "im2col", "reshape")
+        np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
+        for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
