@@ -15,6 +15,7 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("funcgrad.cli_train", "train a model on a data set; print loss and accuracy"),
     "tour": ("funcgrad.cli_tour", "train, check and draw the seed models; write an HTML page"),
+    "check": ("funcgrad.cli_check", "compare gradients: funcgrad, JAX, hand-derived, finite diffs"),
 }
 
 

@@ -428,13 +428,16 @@ def _eval_with_deltas(jaxpr: Jaxpr, consts: list[Any], args: list[Any], deltas: 
     return [read(v) for v in jaxpr.outvars]
 
 
-def jax_tag_cotangents(fun: Callable, *args: Any, names: Sequence[str]) -> dict[str, Any]:
+def jax_tag_cotangents(
+    fun: Callable, *args: Any, names: Sequence[str], jit: bool = False
+) -> dict[str, Any]:
     """JAX's cotangent ``∂fun/∂z`` of each value ``z`` tagged ``fg.tag(z, name)`` inside ``fun``.
 
     ``fun`` is traced with every argument held fixed; a zero ``δ`` is added at each named tag
     and ``jax.grad`` (JAX's own rules, not funcgrad's) differentiates the scalar output w.r.t.
     the ``δ``s. Tags may sit inside ``jax.jit`` calls, not inside ``scan``/``cond``/``while``
-    bodies or custom-derivative functions (``KeyError``/``ValueError`` say which).
+    bodies or custom-derivative functions (``KeyError``/``ValueError`` say which). ``jit``
+    compiles the differentiated program (always valid: it is a traced jaxpr).
     """
     closed = jax.make_jaxpr(lambda: fun(*args))()
     sites = _tag_sites(closed.jaxpr)
@@ -463,7 +466,8 @@ def jax_tag_cotangents(fun: Callable, *args: Any, names: Sequence[str]) -> dict[
     def perturbed(d: dict) -> Any:
         return _eval_with_deltas(closed.jaxpr, list(closed.consts), [], d)[0]
 
-    return jax.grad(perturbed)(deltas)
+    grad = jax.grad(perturbed)
+    return (jax.jit(grad) if jit else grad)(deltas)
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -680,6 +684,8 @@ class GradReport:
 
 
 def _wide_cell(row: dict[str, Any]) -> str:
+    if row["close"] is None:
+        return "inconclusive"
     if not row["ok"]:
         return f"FAIL {_fmt_number(row['maxrel'])}"
     if row["exact"]:
@@ -742,9 +748,15 @@ def _fd_row(
     rtol: float,
     atol: float,
 ) -> dict[str, Any]:
-    """Finite differences at the probed elements (and along the direction) vs a gradient."""
+    """Finite differences at the probed elements (and along the direction) vs a gradient.
+
+    Probes whose roughness (the disagreement of steps h, h/2 and of the one-sided slopes) is
+    beyond the same tolerance straddle a kink of ``fun`` and are skipped, with a note; a NaN
+    estimate is never skipped.
+    """
     ref64 = reference.astype(np.float64)
     tested = list(leaf_probe.values)
+    rough = list(leaf_probe.roughness)
     wanted = list(ref64.reshape(-1)[leaf_probe.indices])
     where = [
         _index_str(tuple(int(i) for i in np.unravel_index(int(k), reference.shape)))
@@ -752,18 +764,30 @@ def _fd_row(
     ]
     if leaf_probe.direction is not None:
         tested.append(leaf_probe.directional)
+        rough.append(leaf_probe.directional_roughness)
         wanted.append(float(np.sum(leaf_probe.direction * ref64)))
         where.append("direction")
-    stats, worst = _compare(np.asarray(tested), np.asarray(wanted), rtol, atol)
+    tested_a, rough_a = np.asarray(tested), np.asarray(rough)
+    with np.errstate(invalid="ignore"):
+        kink = rough_a > atol + rtol * np.abs(tested_a)
+    kept = np.flatnonzero(~kink | np.isnan(tested_a))
+    stats, worst = _compare(tested_a[kept], np.asarray(wanted)[kept], rtol, atol)
     if worst >= 0:
-        stats["worst"] = where[worst]
+        stats["worst"] = where[kept[worst]]
     row = _row_head(leaf, "argument", pair, reference.shape, reference.dtype, rtol, atol)
     row.update(stats, exact=None, ulps=None, dtype_tested=None, checked=leaf_probe.describe())
-    row["n"] = len(tested)
-    row["note"] = "" if leaf_probe.complete else row["checked"]
-    if not stats["close"]:
-        row["note"] = (row["note"] + "; " if row["note"] else "") + _failure_note(row)
+    row["skipped"] = int(len(tested) - len(kept))
+    notes = [] if leaf_probe.complete else [row["checked"]]
+    if row["skipped"]:
+        notes.append(f"{row['skipped']} skipped: f has a kink within the step there")
     row["ok"] = row["close"]
+    if not len(kept):
+        # Inconclusive, not a mismatch: no estimate says anything about the gradient here.
+        row.update(close=None, ok=True, worst="", worst_tested=None, worst_reference=None)
+        notes.append("inconclusive: every probe straddles a kink")
+    elif not stats["close"]:
+        notes.append(_failure_note(row))
+    row["note"] = "; ".join(notes)
     return row
 
 
@@ -809,7 +833,9 @@ def compare_grads(
     fd_rtol: float | None = None,
     fd_atol: float | None = None,
     fd_elements: int = finite_diff.FD_ELEMENTS,
+    fd_dtype: Any = None,
     seed: int = 0,
+    jit: bool = False,
     title: str | None = None,
 ) -> GradReport:
     """Compare ``fg.grad(fun, argnums)(*args)`` with ``jax.grad`` and any references.
@@ -824,7 +850,12 @@ def compare_grads(
     ``fd_rtol``/``fd_atol`` for finite differences (:data:`FD_TOLERANCES`). ``intermediates``
     maps ``fg.tag`` names to hand-derived cotangents of those values (``tag:<name>`` rows, vs
     funcgrad's and JAX's). ``fd_elements`` is the per-leaf budget of probed elements, ``seed``
-    picks them.
+    picks them. ``fd_dtype="float64"`` evaluates the finite differences with every float
+    argument cast to float64 (x64 enabled for the duration), the one precision in which they
+    check more than gross errors, whatever the gradients' dtype; by default they run in the
+    arguments' dtype. ``jit=True`` compiles each gradient with ``jax.jit`` (fewer, larger
+    compilations: faster for big models; ``fun`` and the references must then be jittable in
+    every argument); finite differences are always compiled.
 
     Raises ``ValueError`` listing the paths (and shapes) that differ when an engine returns a
     different structure, and whatever ``fg.grad`` raises (``fg.UnsupportedPrimitiveError``).
@@ -835,7 +866,10 @@ def compare_grads(
     engines = ["funcgrad", "jax", *refs]
     chosen = _resolve_pairs(pairs, engines)
 
-    want = jax.grad(fun, argnums)(*args)
+    def compiled(f: Callable) -> Callable:
+        return jax.jit(f) if jit else f
+
+    want = compiled(jax.grad(fun, argnums))(*args)
     named = namer.leaves(want)
     if not named:
         raise ValueError(
@@ -846,22 +880,21 @@ def compare_grads(
     values: dict[str, list[np.ndarray]] = {"jax": [np.asarray(w) for _, w in named]}
     from funcgrad.interpret import grad as fg_grad
 
-    values["funcgrad"] = _check_structure(fg_grad(fun, argnums)(*args), want, "funcgrad", namer)
+    got = compiled(fg_grad(fun, argnums))(*args)
+    values["funcgrad"] = _check_structure(got, want, "funcgrad", namer)
     fd_engines = [e for e, ref in refs.items() if isinstance(ref, str)]
     for engine, ref in refs.items():
         if engine not in fd_engines:
-            values[engine] = _check_structure(ref(*args), want, engine, namer)
+            values[engine] = _check_structure(compiled(ref)(*args), want, engine, namer)
     fd_probe = None
     if fd_engines:
-        fd_probe = finite_diff.probe(
-            fun, *args, argnums=nums, max_elements=fd_elements, seed=seed
-        )
+        fd_probe = _fd_probe(fun, args, nums, fd_elements, fd_dtype, seed)
 
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     if intermediates:
         given = chosen if pairs is not None else None
-        rows += _intermediate_rows(fun, args, nums, intermediates, given, rtol, atol)
+        rows += _intermediate_rows(fun, args, nums, intermediates, given, rtol, atol, jit)
 
     for k, name in enumerate(names):
         for a, b in chosen:
@@ -884,6 +917,17 @@ def compare_grads(
                 f"fd: leaves over {fd_elements} elements are probed at {fd_elements} random "
                 f"elements (seed {seed}) plus one random direction v, compared as <g, v>"
             )
+        if fd_dtype is not None:
+            notes.append(
+                f"fd: evaluated in {fd_probe.dtype}, every float argument cast to it; the fd "
+                "tolerance is that of the gradients' dtype"
+            )
+        inconclusive = [r["leaf"] for r in rows if r["close"] is None]
+        if inconclusive:
+            notes.append(
+                "fd inconclusive (every probe straddles a kink of the function) for: "
+                + ", ".join(inconclusive)
+            )
         if np.dtype(fd_probe.dtype).itemsize < 8:
             notes.append(
                 f"note: finite differences in {fd_probe.dtype} only catch gross errors; for a "
@@ -903,6 +947,32 @@ def compare_grads(
         title = f"gradients of {fname} w.r.t. {wrt}: " + ", ".join(_label(e) for e in shown)
     pair_labels = list(dict.fromkeys(r["pair"] for r in rows))
     return GradReport(rows, engines=engines, pairs=pair_labels, notes=notes, title=title)
+
+
+def _fd_probe(
+    fun: Callable,
+    args: tuple[Any, ...],
+    nums: tuple[int, ...],
+    fd_elements: int,
+    fd_dtype: Any,
+    seed: int,
+) -> finite_diff.Probe:
+    """Finite differences in the arguments' dtype, or with float arguments cast to fd_dtype."""
+    if fd_dtype is None:
+        return finite_diff.probe(fun, *args, argnums=nums, max_elements=fd_elements, seed=seed)
+    dtype = np.dtype(fd_dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"fd_dtype must be a floating-point dtype, got {fd_dtype!r}")
+
+    def cast(x: Any) -> Any:
+        is_float = isinstance(x, (jax.Array, np.ndarray)) and jnp.issubdtype(x.dtype, jnp.floating)
+        return jnp.asarray(x, dtype) if is_float else x
+
+    with jax.enable_x64(bool(jax.config.jax_enable_x64) or dtype.itemsize == 8):
+        cast_args = tuple(jax.tree_util.tree_map(cast, a) for a in args)
+        return finite_diff.probe(
+            fun, *cast_args, argnums=nums, max_elements=fd_elements, seed=seed
+        )
 
 
 def _tolerance_note(dtypes, fd, rtol, atol, fd_rtol, fd_atol) -> str:
@@ -928,6 +998,7 @@ def _intermediate_rows(
     pairs: list[tuple[str, str]] | None,
     rtol: float | None,
     atol: float | None,
+    jit: bool,
 ) -> list[dict[str, Any]]:
     from funcgrad.interpret import trace as fg_trace
 
@@ -935,10 +1006,17 @@ def _intermediate_rows(
     # Every float argument is differentiated, so every tag that depends on one gets a cotangent
     # (a tag on the data path only would otherwise read as zero).
     trace_nums = tuple(sorted(set(nums) | set(_float_array_args(args))))
-    tr = fg_trace(fun, *args, argnums=trace_nums)
+
+    def fg_cotangents(*args: Any) -> dict[str, Any]:
+        tr = fg_trace(fun, *args, argnums=trace_nums)
+        return {n: tr.cotangent(n) for n in names}
+
+    if jit:
+        fg_cotangents = jax.jit(fg_cotangents)
+    jax_cts = jax_tag_cotangents(fun, *args, names=names, jit=jit)
     cts = {
-        "funcgrad": {n: np.asarray(tr.cotangent(n)) for n in names},
-        "jax": {k: np.asarray(v) for k, v in jax_tag_cotangents(fun, *args, names=names).items()},
+        "funcgrad": {k: np.asarray(v) for k, v in fg_cotangents(*args).items()},
+        "jax": {k: np.asarray(v) for k, v in jax_cts.items()},
         "manual": {},
     }
     for name in names:

@@ -1,10 +1,16 @@
 """Central finite differences: the gradient as the slope of the function, with no autodiff at all.
 
-``(f(x + h·e_i) - f(x - h·e_i)) / 2h`` estimates ∂f/∂x_i with error about ``h²·f'''/6`` (truncation)
-plus ``eps·|f|/h`` (rounding). The step balancing the two is ``h = cbrt(eps)·max(1, |x_i|)``:
-about 5e-3 in float32 and 6e-6 in float64, where the estimates are good to roughly 1e-3 and 1e-9
-relative. Hence: **run finite-difference checks in float64** (``jax.enable_x64``); in float32
-they only catch gross errors.
+``(f(x + h·e_i) - f(x - h·e_i)) / 2h`` estimates ∂f/∂x_i with error about ``h²·f'''/6``
+(truncation) plus ``eps·|f|/h`` (rounding). The step balancing the two is
+``h = cbrt(eps)·max(1, |x_i|)``: about 5e-3 in float32 and 6e-6 in float64, where the estimates
+are good to roughly 1e-3 and 1e-9 relative. Hence: **run finite-difference checks in float64**
+(``jax.enable_x64``); in float32 they only catch gross errors.
+
+Each element is also probed with step h/2 and one-sidedly: for a smooth function all these
+slopes agree to O(h²), and where they disagree (the *roughness* of a probe) a kink (ReLU, max,
+abs) lies within the step, so the estimate is no derivative at ``x`` at all. The comparison
+skips such probes and says how many (the test reads ``f`` alone, so no gradient, right or
+wrong, can hide behind it).
 
 Strategy per differentiated leaf (``probe``):
 
@@ -14,10 +20,11 @@ Strategy per differentiated leaf (``probe``):
   unit vector ``v``, to be compared with ``<g, v>``: the adjoint test of
   ``jax.test_util.check_grads``, which sees every element at once.
 
-The perturbed copies of a leaf are evaluated together with ``jax.vmap`` (in chunks that keep
-memory bounded), so ``fun`` must be a JAX-traceable function, as it must be for ``jax.grad``.
-The actual step taken, ``(x + h) - (x - h)`` in the leaf's dtype, is what the difference is divided
-by, so representation error in ``x ± h`` does not bias the estimate.
+All perturbed copies, of every leaf, are evaluated by one ``jax.jit(jax.vmap(...))`` program (in
+chunks that keep memory bounded), so ``fun`` must be a JAX-traceable function of the
+differentiated arguments, as it must be for ``jax.grad``.
+The step actually taken, ``(x + h) - (x - h)`` in the leaf's dtype, is what the difference is
+divided by, so representation error in ``x ± h`` does not bias the estimate.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ __all__ = ["FD_ELEMENTS", "LeafProbe", "Probe", "numerical_grad", "probe", "step
 #: this many elements plus one random direction.
 FD_ELEMENTS = 64
 
-# Perturbed copies evaluated per vmap call: copies × leaf size stays under this many elements.
+# Rows evaluated per call: rows × (elements of all leaves) stays under this.
 _CHUNK_ELEMENTS = 1 << 22
 
 
@@ -56,16 +63,22 @@ class LeafProbe:
     """Finite-difference estimates for one leaf.
 
     ``indices`` are the flat indices of the probed elements (all of them when ``complete``),
-    ``values`` the estimated partial derivatives there (float64). ``direction`` (leaf shape,
-    float64, the step actually taken divided by 2h) and ``directional`` (the estimated derivative
-    along it) are set for a sampled leaf, and None when every element was probed.
+    ``values`` the estimated partial derivatives there (float64, step h) and ``roughness`` how
+    much estimates with other steps and sides disagree (see :func:`_estimates`): O(h²) where
+    ``f`` is smooth, about the jump in slope where a kink (ReLU, max) lies within the step, and
+    there the estimate says nothing about the gradient at ``x``. ``direction`` (leaf shape,
+    float64, the step actually taken divided by 2h), ``directional`` (the estimated derivative
+    along it) and ``directional_roughness`` are set for a sampled leaf, None when every element
+    was probed.
     """
 
     size: int
     indices: np.ndarray
     values: np.ndarray
+    roughness: np.ndarray
     direction: np.ndarray | None = None
     directional: float | None = None
+    directional_roughness: float | None = None
 
     @property
     def complete(self) -> bool:
@@ -95,79 +108,147 @@ def _argnums_tuple(argnums: int | Sequence[int]) -> tuple[int, ...]:
 
 def _leaf_function(
     fun: Callable, args: tuple[Any, ...], argnums: tuple[int, ...]
-) -> tuple[list[Any], Callable[[int, Any], Any]]:
-    """The differentiated leaves, and ``f(j, leaf)``: ``fun`` with leaf ``j`` replaced."""
+) -> tuple[list[Any], Callable[[list[Any]], Any]]:
+    """The differentiated leaves, and ``f(leaves)``: ``fun`` with those leaves replaced."""
     trees, leaves, owners = [], [], []
     for i in argnums:
         flat, tree = jax.tree_util.tree_flatten(args[i])
+        owners.append((len(leaves), len(leaves) + len(flat)))
         trees.append(tree)
-        for k, leaf in enumerate(flat):
-            leaves.append(leaf)
-            owners.append((len(trees) - 1, k))
+        leaves.extend(flat)
 
-    def f(j: int, new_leaf: Any) -> Any:
+    def f(current: list[Any]) -> Any:
         rebuilt = list(args)
-        t, k = owners[j]
-        flat = jax.tree_util.tree_leaves(args[argnums[t]])
-        flat[k] = new_leaf
-        rebuilt[argnums[t]] = jax.tree_util.tree_unflatten(trees[t], flat)
+        for i, tree, (lo, hi) in zip(argnums, trees, owners):
+            rebuilt[i] = jax.tree_util.tree_unflatten(tree, current[lo:hi])
         return fun(*rebuilt)
 
     return leaves, f
 
 
-def _evaluate_batch(f_leaf: Callable[[Any], Any], stacked: np.ndarray) -> np.ndarray:
-    """``f_leaf`` on each row of ``stacked`` (copies of a leaf), as float64."""
-    return np.asarray(jax.vmap(f_leaf)(jnp.asarray(stacked)), dtype=np.float64)
-
-
-def _check_scalar(value: Any) -> float:
-    arr = np.asarray(value)
-    if arr.shape != () or not jnp.issubdtype(arr.dtype, jnp.floating):
+def _check_scalar(out: Any) -> None:
+    """Raise unless ``out`` (a ShapeDtypeStruct) is a real floating-point scalar."""
+    shape, dtype = getattr(out, "shape", None), getattr(out, "dtype", None)
+    if shape != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(
             "finite differences need a function with a real scalar output, got "
-            f"shape {arr.shape} dtype {arr.dtype}"
+            f"{type(out).__name__} shape {shape} dtype {dtype}"
         )
-    return float(arr)
 
 
-def _probe_elements(
-    f_leaf: Callable[[Any], Any], x: np.ndarray, indices: np.ndarray
-) -> np.ndarray:
-    """Central differences at flat ``indices`` of leaf ``x``, a chunk of copies at a time."""
-    flat = x.reshape(-1)
-    h = step_size(flat[indices])
-    plus_el = (flat[indices].astype(np.float64) + h).astype(x.dtype)
-    minus_el = (flat[indices].astype(np.float64) - h).astype(x.dtype)
-    per = max(1, _CHUNK_ELEMENTS // max(1, x.size))
-    f_plus, f_minus = [], []
-    for start in range(0, len(indices), per):
-        idx = indices[start : start + per]
-        rows = np.arange(len(idx))
-        plus = np.repeat(flat[None], len(idx), axis=0)
-        minus = plus.copy()
-        plus[rows, idx] = plus_el[start : start + per]
-        minus[rows, idx] = minus_el[start : start + per]
-        f_plus.append(_evaluate_batch(f_leaf, plus.reshape(len(idx), *x.shape)))
-        f_minus.append(_evaluate_batch(f_leaf, minus.reshape(len(idx), *x.shape)))
-    taken = plus_el.astype(np.float64) - minus_el.astype(np.float64)
-    return (np.concatenate(f_plus) - np.concatenate(f_minus)) / taken
+@dataclass
+class _Plan:
+    """What to evaluate for one leaf: element probes, and a direction for a sampled leaf."""
+
+    x: np.ndarray
+    indices: np.ndarray
+    moved: list[np.ndarray]  # new values of x[indices] at +h, -h, +h/2, -h/2 (leaf dtype)
+    dir_rows: np.ndarray | None = None  # x + s·h·v for s = +1, -1, +1/2, -1/2 (4, *shape)
+    h_dir: float = 0.0
 
 
-def _probe_direction(
-    f_leaf: Callable[[Any], Any], x: np.ndarray, rng: np.random.Generator
-) -> tuple[np.ndarray, float]:
-    """(effective unit-ish direction, directional derivative estimate) along a random v."""
-    v = rng.standard_normal(x.shape)
-    v /= np.linalg.norm(v)
-    x64 = x.astype(np.float64)
-    h = float(np.cbrt(float(jnp.finfo(x.dtype).eps)) * max(1.0, float(np.max(np.abs(x64)))))
-    plus = (x64 + h * v).astype(x.dtype)
-    minus = (x64 - h * v).astype(x.dtype)
-    f_plus, f_minus = _evaluate_batch(f_leaf, np.stack([plus, minus]))
-    # The direction actually stepped along (rounding moved x ± h·v a little).
-    direction = (plus.astype(np.float64) - minus.astype(np.float64)) / (2 * h)
-    return direction, float((f_plus - f_minus) / (2 * h))
+def _plan(x: np.ndarray, indices: np.ndarray, rng: np.random.Generator | None) -> _Plan:
+    x64 = x.reshape(-1)[indices].astype(np.float64)
+    h = step_size(x.reshape(-1)[indices])
+    plan = _Plan(x, indices, [(x64 + s).astype(x.dtype) for s in (h, -h, h / 2, -h / 2)])
+    if rng is not None:
+        v = rng.standard_normal(x.shape)
+        v /= np.linalg.norm(v)
+        plan.h_dir = float(np.cbrt(float(jnp.finfo(x.dtype).eps)) * max(1.0, np.abs(x).max()))
+        offsets = (plan.h_dir, -plan.h_dir, plan.h_dir / 2, -plan.h_dir / 2)
+        plan.dir_rows = np.stack([(x.astype(np.float64) + s * v).astype(x.dtype) for s in offsets])
+    return plan
+
+
+def _evaluate(f: Callable, leaves: list[Any], plans: list[_Plan]) -> tuple[float, list[Any]]:
+    """f(x), and f at every perturbation the plans ask for: one compiled program for all.
+
+    A row (leaf, element, value, direction) says which leaf to change and how: set one element
+    to ``value``, or (element -1) take that leaf's ``direction``-th row of ``dir_rows``; leaf -1
+    is x itself. Rows run through one ``jit(vmap(...))`` in chunks of one size (the last padded),
+    so the whole probe costs one compilation however many leaves and elements it has.
+    """
+    rows: list[tuple[int, int, float, int]] = [(-1, -1, 0.0, 0)]
+    for j, plan in enumerate(plans):
+        for moved in plan.moved:
+            rows += [(j, int(e), float(m), 0) for e, m in zip(plan.indices, moved)]
+        if plan.dir_rows is not None:
+            rows += [(j, -1, 0.0, d) for d in range(4)]
+    dirs = [p.dir_rows for p in plans]
+
+    def one(leaves, dirs, leaf_id: Any, element: Any, value: Any, direction: Any) -> Any:
+        current = []
+        for j, (leaf, plan) in enumerate(zip(leaves, plans)):
+            flat = jnp.reshape(leaf, -1)
+            changed = flat.at[jnp.maximum(element, 0)].set(value.astype(flat.dtype))
+            if plan.dir_rows is not None:
+                changed = jnp.where(element < 0, jnp.reshape(dirs[j][direction], -1), changed)
+            current.append(jnp.where(leaf_id == j, changed, flat).reshape(jnp.shape(leaf)))
+        return f(current)
+
+    batched = jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0, 0, 0)))
+    total = sum(int(np.size(leaf)) for leaf in leaves)
+    per = min(len(rows), max(1, _CHUNK_ELEMENTS // max(1, total)))
+    table = np.array(rows, dtype=object)
+    out = []
+    for start in range(0, len(rows), per):
+        chunk = table[start : start + per]
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], per - len(chunk), axis=0)])
+        values = batched(
+            leaves,
+            dirs,
+            jnp.asarray(chunk[:, 0].astype(np.int32)),
+            jnp.asarray(chunk[:, 1].astype(np.int32)),
+            jnp.asarray(chunk[:, 2].astype(np.float64)),
+            jnp.asarray(chunk[:, 3].astype(np.int32)),
+        )
+        out.append(np.asarray(values, dtype=np.float64))
+    f_all = np.concatenate(out)[: len(rows)]
+    per_leaf, pos = [], 1
+    for plan in plans:
+        n = 4 * len(plan.indices) + (4 if plan.dir_rows is not None else 0)
+        per_leaf.append(f_all[pos : pos + n])
+        pos += n
+    return float(f_all[0]), per_leaf
+
+
+def _estimates(f0: Any, plus: list, minus: list, steps: list) -> tuple[Any, Any]:
+    """(derivative estimate, roughness) from f(x), f(x ± h) and f(x ± h/2).
+
+    The estimate is the Richardson extrapolation ``(4·C(h/2) - C(h)) / 3`` of the central
+    differences C, accurate to O(h⁴) where f is smooth. The roughness is the larger of
+    ``|C(h) - C(h/2)|`` (O(h²) where f is smooth) and ``|R₊ - R₋|``, the one-sided slopes
+    extrapolated to step 0, ``R± = 2·D±(h/2) - D±(h)`` (O(h³)); a kink within the step makes
+    one of them about the jump in slope.
+    """
+    # steps: the distances actually stepped, ((x+h) - x, x - (x-h)), then the same for h/2.
+    (fp, fp2), (fm, fm2), (h, h2) = plus, minus, steps
+    central = (fp - fm) / (h[0] + h[1])
+    central_half = (fp2 - fm2) / (h2[0] + h2[1])
+    right = 2 * (fp2 - f0) / h2[0] - (fp - f0) / h[0]
+    left = 2 * (f0 - fm2) / h2[1] - (f0 - fm) / h[1]
+    roughness = np.maximum(np.abs(central - central_half), np.abs(right - left))
+    return (4 * central_half - central) / 3, roughness
+
+
+def _leaf_probe(plan: _Plan, f0: float, f: np.ndarray) -> LeafProbe:
+    k = len(plan.indices)
+    x64 = plan.x.reshape(-1)[plan.indices].astype(np.float64)
+    fs = [f[i * k : (i + 1) * k] for i in range(4)]  # at +h, -h, +h/2, -h/2
+    taken = [np.abs(m.astype(np.float64) - x64) for m in plan.moved]
+    values, roughness = _estimates(
+        f0, [fs[0], fs[2]], [fs[1], fs[3]], [(taken[0], taken[1]), (taken[2], taken[3])]
+    )
+    probe = LeafProbe(plan.x.size, plan.indices, values, roughness)
+    if plan.dir_rows is not None:
+        f_dir, h = f[4 * k :], plan.h_dir
+        value, rough = _estimates(f0, [f_dir[0], f_dir[2]], [f_dir[1], f_dir[3]],
+                                  [(h, h), (h / 2, h / 2)])
+        # The direction actually stepped along (rounding moved x ± h·v a little).
+        rows = plan.dir_rows.astype(np.float64)
+        probe.direction = (rows[0] - rows[1]) / (2 * h)
+        probe.directional, probe.directional_roughness = float(value), float(rough)
+    return probe
 
 
 def probe(
@@ -188,8 +269,8 @@ def probe(
         raise ValueError(f"max_elements must be at least 1, got {max_elements}")
     nums = _argnums_tuple(argnums)
     leaves, f = _leaf_function(fun, args, nums)
-    value = _check_scalar(fun(*args))
-    probes, dtype = [], None
+    _check_scalar(jax.eval_shape(fun, *args))
+    plans, dtype = [], None
     for j, leaf in enumerate(leaves):
         x = np.asarray(leaf)
         if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -197,21 +278,15 @@ def probe(
                 f"finite differences need real floating-point leaves; leaf {j} has dtype "
                 f"{x.dtype}"
             )
-        dtype = x.dtype if dtype is None else np.promote_types(dtype, x.dtype)
-
-        def f_leaf(new: Any, j: int = j) -> Any:
-            return f(j, new)
-
-        rng = np.random.default_rng([seed, j])
+        dtype = x.dtype if dtype is None else jnp.promote_types(dtype, x.dtype)
         if x.size <= max_elements:
-            indices = np.arange(x.size)
-            probes.append(LeafProbe(x.size, indices, _probe_elements(f_leaf, x, indices)))
+            plans.append(_plan(x, np.arange(x.size), None))
             continue
-        indices = np.sort(rng.choice(x.size, size=max_elements, replace=False))
-        values = _probe_elements(f_leaf, x, indices)
-        direction, directional = _probe_direction(f_leaf, x, rng)
-        probes.append(LeafProbe(x.size, indices, values, direction, directional))
-    return Probe(value, probes, np.dtype(dtype if dtype is not None else np.float32))
+        rng = np.random.default_rng([seed, j])
+        plans.append(_plan(x, np.sort(rng.choice(x.size, size=max_elements, replace=False)), rng))
+    f0, per_leaf = _evaluate(f, leaves, plans)
+    probes = [_leaf_probe(plan, f0, f_leaf) for plan, f_leaf in zip(plans, per_leaf)]
+    return Probe(f0, probes, np.dtype(dtype if dtype is not None else np.float32))
 
 
 def numerical_grad(fun: Callable, *args: Any, argnums: int | Sequence[int] = 0) -> Any:
