@@ -419,3 +419,28 @@ def test_grad_text_statuses():
     assert G._grad_text(np.float32(-0.5)) == (G.FLOWS, "grad -0.5")
     status, text = G._grad_text(np.array([0.0, 0.0, 1.0, 2.0, 3.0]))
     assert status == G.FLOWS and text.endswith("2 of 5 exactly 0")
+
+
+def test_gradient_program_groups_each_rule_and_keeps_the_backward_pass_in_view():
+    params, x, y = small_mlp()
+    g = fg.viz.draw_jaxpr(mlp_loss, params, x, y, view="backward", node_budget=None)
+    assert re.search(r'label="dot_general_vjp  \(VJP rule\)"', g.source)
+    # Over budget, the forward pass (context) collapses first; the backward pass stays drawn.
+    small = fg.viz.draw_jaxpr(mlp_loss, params, x, y, view="backward", node_budget=40)
+    assert "forward" in small.collapsed and "backward" not in small.collapsed
+    assert "backward" not in fg.viz.draw_jaxpr(
+        mlp_loss, params, x, y, view="backward", node_budget=1
+    ).collapsed
+
+
+def test_a_training_step_is_drawn_as_forward_backward_and_update():
+    def sgd_step(params, x, y):
+        grads = fg.grad(neuron_loss)(params, x, y)
+        return jax.tree_util.tree_map(lambda p, g: p - 0.1 * g, params, grads)
+
+    g = fg.viz.draw_jaxpr(sgd_step, NEURON, X, Y)
+    assert [c for c in g.clusters if c in ("forward", "backward", "after")] == [
+        "forward", "backward", "after"
+    ]
+    new = sgd_step(NEURON, X, Y)
+    assert f"f32[]</FONT> {G._fmt(float(new['w']))}" in node(g.source, "sgd_step.w")

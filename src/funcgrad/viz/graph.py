@@ -64,6 +64,9 @@ GREY_TEXT = "#808080"
 SHAPE_TEXT = "#555555"
 EDGE_COLOR = "#4d4d4d"
 NOFLOW_EDGE = "#b3b3b3"
+SCOPE_COLOR = "#b0b0b0"  # clusters of a Python function's equations
+RULE_COLOR = "#e8a8a8"  # clusters of one VJP rule's equations
+_CLUSTER_TEXT = {SCOPE_COLOR: "#707070", RULE_COLOR: "#b05050"}
 FONT = "Helvetica"
 
 _INSTALL_MESSAGE = (
@@ -339,7 +342,7 @@ def _body_name(eqn: JaxprEqn) -> str:
     info = getattr(jaxpr, "debug_info", None)
     name = getattr(info, "func_name", None)
     if isinstance(name, str) and name:
-        return name.split(".")[-1]
+        return name.split(".")[-1].replace("<lambda>", "lambda")
     return eqn.primitive.name
 
 
@@ -736,19 +739,45 @@ class _Builder:
         rules = [_backward_rule(f, origins) for f in frames]
         for it, rule in zip(items, rules):
             it.rule = rule
-        n_back = sum(r is not None for r in rules)
-        if 0 < n_back < len(items) and rules[0] is None:
-            split = next(k for k, r in enumerate(rules) if r is not None)
-            if all(r is not None for r in rules[split:]):
-                fwd = items[:split]
-                fwd_stacks = [_user_stack(f, origins) for f in frames[:split]]
-                return [
-                    _Group("phase", "forward", "forward pass: evaluate, keeping every value",
-                           items=self.scoped(fwd, fwd_stacks), color=DATA_COLOR),
-                    _Group("phase", "backward", "backward pass: funcgrad's VJP rules, last "
-                           "equation first", items=items[split:], color=PARAM_COLOR),
-                ]
+        backward = [r is not None for r in rules]
+        if any(backward) and not all(backward):
+            return self.phases(items, frames, backward)
         return self.scoped(items, [_user_stack(f, origins) for f in frames])
+
+    def phases(self, items: list[_Eqn], frames: list[list[Any]], backward: list[bool]) -> list:
+        """A gradient program: its forward pass, then what the VJP rules emitted (then whatever
+        the function computes from the gradient), each a cluster."""
+        out: list[Any] = []
+        start = 0
+        for k in range(1, len(items) + 1):
+            if k < len(items) and backward[k] == backward[start]:
+                continue
+            run = items[start:k]
+            if backward[start]:
+                out.append(_Group("phase", "backward", "backward pass: funcgrad's VJP rules, "
+                                  "last equation first", items=self.rule_runs(run),
+                                  color=PARAM_COLOR))
+            else:
+                stacks = [_user_stack(f, self.origins) for f in frames[start:k]]
+                title = ("forward pass: evaluate, keeping every value" if not out
+                         else "after the backward pass")
+                out.append(_Group("phase", "forward" if not out else "after", title,
+                                  items=self.scoped(run, stacks), color=DATA_COLOR))
+            start = k
+        return out
+
+    def rule_runs(self, items: list[_Eqn]) -> list[Any]:
+        """Consecutive equations emitted by the same VJP rule, as one cluster each."""
+        if not self.scopes:
+            return list(items)
+        out: list[Any] = []
+        for it in items:
+            if out and isinstance(out[-1], _Group) and out[-1].name == it.rule:
+                out[-1].items.append(it)
+            else:
+                out.append(_Group("scope", it.rule or "backward", f"{it.rule}  (VJP rule)",
+                                  items=[it], color=RULE_COLOR))
+        return _simplify(out)
 
     def scoped(self, items: list[_Eqn], stacks: list[tuple]) -> list[Any]:
         """Group equations by the (nested) Python function calls that emitted them."""
@@ -770,7 +799,7 @@ class _Builder:
                 where = f"{os.path.basename(caller[0])}:{caller[2]}" if caller else ""
                 short = func.split(".")[-1].replace("<lambda>", "lambda")
                 grp = _Group("scope", short, short + (f"  (called at {where})" if where else ""),
-                             color="#b0b0b0")
+                             color=SCOPE_COLOR)
                 (open_[-1][1].items if open_ else root).append(grp)
                 open_.append((keys[k], grp))
             (open_[-1][1].items if open_ else root).append(item)
@@ -875,13 +904,20 @@ def _choose_collapsed(
     classes: dict[tuple[int, str], list[_Group]] = {}
     for g in groups:
         classes.setdefault((g.depth, g.name), []).append(g)
+    # In a gradient program the forward pass is context: it goes first.
     order = sorted(
         classes.values(),
-        key=lambda gs: (-gs[0].depth, -sum(_expanded_size(g) for g in gs)),
+        key=lambda gs: (
+            not (gs[0].kind == "phase" and gs[0].name == "forward"),
+            -gs[0].depth,
+            -sum(_expanded_size(g) for g in gs),
+        ),
     )
     for members in order:
         if fixed + _size(items) <= node_budget:
             break
+        if members[0].kind == "phase" and members[0].name == "backward":
+            continue  # what a gradient program is drawn for: never hidden automatically
         for g in members:
             if _expanded_size(g) > 1:
                 g.collapsed = True
@@ -909,6 +945,7 @@ def _label(lines: list[str]) -> str:
 
 
 _STATUS_ORDER = (FLOWS, ZERO, NONE, CONST, UNKNOWN)
+_LARGE_GRAPH = 200  # nodes; past this, cap dot's layout iterations
 
 
 def _combine(statuses: list[str]) -> str:
@@ -1039,7 +1076,7 @@ class _Emitter:
                 "label": title,
                 "labeljust": "l",
                 "fontsize": "10",
-                "fontcolor": color if color != "#b0b0b0" else "#707070",
+                "fontcolor": _CLUSTER_TEXT.get(color, color),
                 "color": color,
                 "style": "rounded,dashed" if dashed else "rounded",
             },
@@ -1429,6 +1466,11 @@ def _render(
         graph.attr(label=_legend(grads, label_notes), labelloc="b", labeljust="l")
     elif label_notes:
         graph.attr(label="\n".join(label_notes), labelloc="b", labeljust="l")
+    if em.n_nodes > _LARGE_GRAPH:
+        # dot's network-simplex passes dominate on big graphs with long edges (a gradient
+        # program's residuals): two iterations each keep the layout readable and take seconds,
+        # not minutes.
+        graph.attr(nslimit="2", nslimit1="2")
     graph.notes = tuple(notes)
     graph.collapsed = tuple(g.name for g in collapsed)
     graph.clusters = tuple(g.name for g in groups)
