@@ -577,6 +577,8 @@ class _Group:
     collapsed: bool = False
     depth: int = 0
     color: str = "#999999"
+    kinds: list[str] = field(default_factory=list)  # a call's primitive(s), for its title
+    where: str = ""  # a scope's call site, ``model.py:12``
 
 
 _CALLS = {"jit", "pjit", "closed_call", "core_call", "call", "custom_jvp_call", "custom_vjp_call",
@@ -598,10 +600,8 @@ def _open(body: Any) -> tuple[Jaxpr, list[Any]]:
 class _Builder:
     """Turns a trace (or a bare jaxpr) into the tree of items and groups that gets drawn."""
 
-    def __init__(self, *, scopes: bool, values: bool, grads: bool) -> None:
+    def __init__(self, *, scopes: bool) -> None:
         self.scopes = scopes
-        self.values = values
-        self.grads = grads
         self.origins = _origins()
 
     # -- levels --------------------------------------------------------------------------------
@@ -663,8 +663,9 @@ class _Builder:
         prim = eqn.primitive.name
         body = eqn.params.get("call_jaxpr", eqn.params.get("jaxpr"))
         jaxpr, consts = _open(body)
+        if not jaxpr.eqns:  # an identity body (a custom_vjp around x -> x): one node says it all
+            return None
         name = _body_name(eqn)
-        kind = _CALL_KIND.get(prim, prim)
         has_trace = record is not None and getattr(record, "jaxpr", None) is jaxpr
         if has_trace and level.values is not None:
             if level.grad_mode == "full" and prim in ("custom_jvp_call", "custom_vjp_call"):
@@ -689,44 +690,40 @@ class _Builder:
                 if isinstance(bv, Var) and not isinstance(ov, DropVar)
             }
         items = self.items(sub, records)
-        if not jaxpr.eqns:  # an identity body (a custom_vjp around x -> x): one node says it all
-            return None
+        kind = _CALL_KIND.get(prim, prim)
         group = _Group("call", name, f"{name}  ({kind})", owner=item, color="#7f7f7f")
+        group.kinds = [kind]
         group.bodies = [_Body(None, sub, items, list(eqn.invars), consts)]
         self._unwrap(group)
         return group
 
     @staticmethod
     def _unwrap(group: _Group) -> None:
-        """``custom_jvp(relu) > jit(relu) > max``: draw one cluster, not two nested ones."""
+        """``custom_jvp(relu) > jit(relu) > max``: draw one cluster, not two nested ones.
+
+        (The inner level's gradients, where it does not know them, already come from the outer
+        level through its ``override``.)
+        """
         body = group.bodies[0]
         while (
             len(body.items) == 1
             and isinstance(body.items[0], _Eqn)
             and body.items[0].body is not None
             and body.items[0].body.kind == "call"
+            and not body.consts
         ):
             inner_item = body.items[0]
-            inner = inner_item.body.bodies[0]
+            inner_group = inner_item.body
             if list(inner_item.eqn.invars) != list(body.level.jaxpr.invars) or list(
                 inner_item.eqn.outvars
-            ) != list(body.level.jaxpr.outvars) or body.consts:
+            ) != list(body.level.jaxpr.outvars):
                 return
-            # The inner body's inputs are fed by what fed the outer one; its outputs' gradients,
-            # where the inner level does not know them, come from the outer level's.
-            if inner.level.grad_mode == "custom" or body.level.grad_mode == "custom":
-                inner.level.grad_mode = "custom" if inner.level.grad_mode != "off" else "off"
-                inner.level.override = {
-                    iv: body.level.override.get(ov, (body.level, ov))
-                    for iv, ov in zip(inner.level.jaxpr.outvars, body.level.jaxpr.outvars)
-                    if isinstance(iv, Var)
-                }
-            inner_kind = inner_item.body.title.split("(", 1)[-1].rstrip(")")
-            outer_kind = group.title.split("(", 1)[-1].rstrip(")")
-            if inner_item.body.name != group.name:
-                group.title = f"{group.name} > {inner_item.body.name}  ({outer_kind})"
-            elif inner_kind != outer_kind:
-                group.title = f"{group.name}  ({outer_kind}, {inner_kind})"
+            names = group.name if inner_group.name == group.name else (
+                f"{group.name} > {inner_group.name}"
+            )
+            group.kinds += [k for k in inner_group.kinds if k not in group.kinds]
+            group.title = f"{names}  ({', '.join(group.kinds)})"
+            inner = inner_group.bodies[0]
             body = _Body(None, inner.level, inner.items, body.sources, inner.consts)
             group.bodies = [body]
 
@@ -799,7 +796,7 @@ class _Builder:
                 where = f"{os.path.basename(caller[0])}:{caller[2]}" if caller else ""
                 short = func.split(".")[-1].replace("<lambda>", "lambda")
                 grp = _Group("scope", short, short + (f"  (called at {where})" if where else ""),
-                             color=SCOPE_COLOR)
+                             color=SCOPE_COLOR, where=where)
                 (open_[-1][1].items if open_ else root).append(grp)
                 open_.append((keys[k], grp))
             (open_[-1][1].items if open_ else root).append(item)
@@ -871,19 +868,18 @@ def _expanded_size(group: _Group) -> int:
 
 
 def _choose_collapsed(
-    items: list[Any], fixed: int, collapse: Any, node_budget: int
-) -> tuple[list[_Group], list[str]]:
-    """Mark groups collapsed per ``collapse``; return (all groups, notes)."""
+    items: list[Any], fixed: int, collapse: Any, node_budget: int | None
+) -> list[_Group]:
+    """Mark groups collapsed per ``collapse`` (and ``node_budget``); return every group."""
     groups = list(_walk_groups(items))
     for g in groups:
         g.collapsed = False
-    notes: list[str] = []
     if collapse is False or not groups:
-        return groups, notes
+        return groups
     if collapse is True:
         for g in groups:
             g.collapsed = True
-        return groups, notes
+        return groups
     if collapse is not None:
         names = {collapse} if isinstance(collapse, str) else set(collapse)
         known = {g.name for g in groups}
@@ -895,9 +891,9 @@ def _choose_collapsed(
             )
         for g in groups:
             g.collapsed = g.name in names
-        return groups, notes
+        return groups
     if node_budget is None or fixed + _size(items) <= node_budget:
-        return groups, notes
+        return groups
     # Innermost first (detail that matters least at a glance), then the largest; groups of the
     # same name at the same depth (every layer_norm of a model) collapse together, so that the
     # drawing stays uniform.
@@ -921,7 +917,7 @@ def _choose_collapsed(
         for g in members:
             if _expanded_size(g) > 1:
                 g.collapsed = True
-    return groups, notes
+    return groups
 
 
 # ---- emitting DOT --------------------------------------------------------------------------------
@@ -970,8 +966,7 @@ def _status_style(status: str, grads: bool) -> dict[str, str]:
 
 
 class _Emitter:
-    def __init__(self, root: JaxprGraph, *, values: bool, grads: bool) -> None:
-        self.root = root
+    def __init__(self, *, values: bool, grads: bool) -> None:
         self.values = values
         self.grads = grads
         self.count = 0
@@ -1113,9 +1108,8 @@ class _Emitter:
         inputs, outputs = _boundary(g, level, uses)
         n_ops = _count_eqns(g)
         lines = [f"<B>{_esc(g.name)}</B> " + _font(f"{n_ops} ops, collapsed", GREY_TEXT)]
-        where = g.title.split("(called at ", 1)
-        if len(where) == 2:
-            lines.append(_font("called at " + where[1].rstrip(")"), GREY_TEXT, 9))
+        if g.where:
+            lines.append(_font("called at " + g.where, GREY_TEXT, 9))
         out_lines, status = self.outputs_lines(level, outputs, limit=3)
         lines += out_lines
         attrs = _status_style(status, self.grads)
@@ -1360,7 +1354,7 @@ def draw_trace(
     jaxpr = trace.jaxpr
     if output_names is None:
         output_names = _output_names(trace, len(jaxpr.outvars))
-    builder = _Builder(scopes=scopes, values=values, grads=grads)
+    builder = _Builder(scopes=scopes)
     level = builder.level_of_trace(trace, "full" if grads else "off")
     if not values and not grads:
         level.values = None
@@ -1390,9 +1384,10 @@ def _render(
 ) -> JaxprGraph:
     jaxpr = level.jaxpr
     fixed = len(jaxpr.invars) + len(jaxpr.constvars) + len(jaxpr.outvars)
-    groups, more_notes = _choose_collapsed(items, fixed, collapse, node_budget)
-    notes = notes + more_notes
-    collapsed = [g for g in groups if g.collapsed and not _inside_collapsed(g, groups)]
+    groups = _choose_collapsed(items, fixed, collapse, node_budget)
+    notes = list(notes)
+    parents = _parents(groups)
+    collapsed = [g for g in groups if g.collapsed and not _inside_collapsed(g, parents)]
     if collapse is None and collapsed:
         counts: dict[str, int] = {}
         for g in collapsed:
@@ -1406,8 +1401,8 @@ def _render(
     total = fixed + _size(items)
     if collapse is None and node_budget is not None and total > node_budget:
         notes.append(
-            f"{total} nodes, over node_budget={node_budget} even with clusters collapsed: the "
-            "function's own equations are that many."
+            f"{total} nodes, over node_budget={node_budget} even after collapsing what could be "
+            "collapsed (a gradient program's backward pass never is)."
         )
 
     graph = JaxprGraph(
@@ -1431,7 +1426,7 @@ def _render(
         },
         edge_attr={"color": EDGE_COLOR, "arrowsize": "0.6"},
     )
-    em = _Emitter(graph, values=values, grads=grads)
+    em = _Emitter(values=values, grads=grads)
     env: dict[Var, str] = {}
     # Inputs are not ranked together: dot then puts each next to its first consumer, so a
     # parameter sits by the layer that uses it instead of sending an edge across the graph.
@@ -1478,9 +1473,8 @@ def _render(
     return graph
 
 
-def _inside_collapsed(g: _Group, groups: list[_Group]) -> bool:
+def _inside_collapsed(g: _Group, parents: dict[int, _Group]) -> bool:
     """Whether ``g`` sits inside another collapsed group (then it is not drawn at all)."""
-    parents = _parents(groups)
     p = parents.get(id(g))
     while p is not None:
         if p.collapsed:
@@ -1630,7 +1624,7 @@ def draw_jaxpr(
     else:
         trace = traced.evaluate() if values else None
     jaxpr = traced.closed.jaxpr
-    builder = _Builder(scopes=scopes, values=values, grads=grads)
+    builder = _Builder(scopes=scopes)
     if trace is None:
         level = _Level(jaxpr, None, None, None, "off")
         records = None
