@@ -7,7 +7,7 @@ forward value and every cotangent kept) and draws the result with Graphviz, left
   (the differentiated arguments) outlined red, data (``x``, ``y``, other closed-over arrays) blue;
 - an **operation node** per equation: the primitive, the params that matter (a ``dot_general``'s
   contraction as an einsum, reduction axes, conv strides...), literal operands inline
-  (``max(·, 0.0)``), the output's shape/dtype, its value (the number for a scalar, min/mean/max
+  (``max(·, 0)``), the output's shape/dtype, its value (the number for a scalar, min/mean/max
   for an array) and, in red, its gradient;
 - an **output node** per output leaf, named after the function (``loss``) or, for a gradient
   function such as ``fg.grad(f)``, after the parameter each output is the gradient of.
@@ -19,6 +19,10 @@ structure (their per-iteration values are not kept). Equations are also grouped 
 function that emitted them (``layer_norm``, ``multi_head_attention``...), so a large model reads as
 blocks; past ``node_budget`` nodes the innermost, then largest, groups are collapsed to one node
 each (``collapse=False`` expands everything, ``collapse={"layer_norm"}`` picks by name).
+
+A gradient program (``draw_jaxpr(fg.grad(f), ...)`` or ``view="backward"``) is drawn as its
+forward pass and its backward pass, each equation of the latter labelled with the VJP rule that
+emitted it (read from the equation's traceback) and grouped per rule application.
 
 The result is a :class:`JaxprGraph` (a ``graphviz.Digraph``): it shows inline in notebooks as SVG,
 ``.source`` is the DOT text, ``.render(path, format="svg"|"png"|"pdf")`` writes a file, and a
