@@ -45,7 +45,7 @@ import optax
 import funcgrad as fg
 from funcgrad import data, losses, manual, models, train
 from funcgrad.viz import animate, plots
-from funcgrad.viz.report import Report, Section
+from funcgrad.viz.report import Report, Section, check_output_dir
 
 __all__ = ["FASHION_MNIST_CLASSES", "SECTIONS", "run"]
 
@@ -90,7 +90,7 @@ QUICK = _Settings(
     linear_n=128,
     linear_epochs=25,
     moons_n=200,
-    moons_epochs=12,
+    moons_epochs=20,
     moons_batch=10,
     moons_resolution=50,
     mnist_train=4096,
@@ -301,13 +301,14 @@ def _mnist(t: _Tour, sec: Section) -> None:
     test_acc = history["eval_accuracy"][-1]
     epoch_time = sum(history["epoch_time"])
     steps = sum(len(s) for s in step_losses)
-    t.print(f"  Fashion-MNIST: test accuracy {_pct(test_acc)} after {t.s.mnist_epochs} epoch(s) "
+    epochs = f"{t.s.mnist_epochs} epoch{'s' if t.s.mnist_epochs > 1 else ''}"
+    t.print(f"  Fashion-MNIST: test accuracy {_pct(test_acc)} after {epochs} "
             f"({steps} steps in {epoch_time:.1f} s)")
     predicted = np.asarray(jax.jit(models.mlp.apply)(params, x_te)).argmax(axis=1)
     sec.text(
         f"{len(y_tr)} training and {len(y_te)} test images of the copy on this machine, pixels "
         f"scaled to [0, 1]; a 784-64-10 ReLU MLP, softmax cross-entropy, Adam (1e-3), "
-        f"{t.s.mnist_epochs} epoch(s) of batches of 128: {steps} steps, one `lax.scan` per "
+        f"{epochs} of batches of 128: {steps} steps, one `lax.scan` per "
         f"epoch, {epoch_time:.1f} s of training."
     )
     sec.figure(
@@ -326,7 +327,7 @@ def _mnist(t: _Tour, sec: Section) -> None:
         caption="Each hidden unit's 784 input weights as a 28×28 image: red pixels excite it, "
         "blue ones inhibit it.",
     )
-    t.row("mnist", "784-64-10 test accuracy", f"{_pct(test_acc)} ({t.s.mnist_epochs} epochs)")
+    t.row("mnist", "784-64-10 test accuracy", f"{_pct(test_acc)} ({epochs})")
     t.row("mnist", "training speed", f"{steps / max(epoch_time, 1e-9):.0f} steps/s")
 
 
@@ -505,12 +506,14 @@ def run(
     ``print_fn``. Returns ``{"index": Path, "summary": rows, "failed_checks": [...],
     "wall_time": s, "cpu_time": s}``; each row is ``{"section", "metric", "value", "time"}``.
     A section whose data or program is missing is skipped with a note on the page, never an
-    error; any other error propagates and leaves no page behind.
+    error; any other error propagates and leaves no page behind. ``FileExistsError`` (at once)
+    when ``out_dir`` holds other files than an earlier report.
     """
     chosen = list(SECTIONS) if sections is None else list(sections)
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         raise ValueError(f"tour: unknown section(s) {unknown}; choose from {list(SECTIONS)}")
+    check_output_dir(out_dir)  # before minutes of work, not after
     start, cpu_start = time.perf_counter(), time.process_time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     tour = _Tour(QUICK if quick else FULL, seed, print_fn)

@@ -35,7 +35,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARKER", "Report", "Section", "grad_report_html", "table_html"]
+__all__ = [
+    "MARKER",
+    "Report",
+    "Section",
+    "check_output_dir",
+    "grad_report_html",
+    "table_html",
+]
 
 MARKER = ".funcgrad-report"
 """A file in every directory written by :meth:`Report.write`: only such a directory (or an empty
@@ -290,6 +297,22 @@ class Section:
         return f"{head}\n{body}\n</section>"
 
 
+def check_output_dir(out_dir: str | os.PathLike[str]) -> Path:
+    """Return ``out_dir`` as an absolute path if :meth:`Report.write` may replace it (it does not
+    exist, is empty, or holds an earlier report); raise ``FileExistsError`` otherwise. Call it
+    before long work that ends in a write."""
+    out = Path(out_dir).expanduser().absolute()
+    if out.exists():
+        if not out.is_dir():
+            raise FileExistsError(f"{out} exists and is not a directory; choose another one")
+        if any(out.iterdir()) and not (out / MARKER).exists():
+            raise FileExistsError(
+                f"{out} exists, is not empty and was not written by funcgrad; refusing to "
+                "replace it. Choose another output directory or remove it."
+            )
+    return out
+
+
 class Report:
     """A page of sections, written by :meth:`write` as ``index.html`` plus ``images/``."""
 
@@ -376,15 +399,7 @@ class Report:
         only replaced if it is empty or was written by this method (it holds :data:`MARKER`);
         otherwise ``FileExistsError`` says so.
         """
-        out = Path(out_dir).expanduser().absolute()
-        if out.exists():
-            if not out.is_dir():
-                raise FileExistsError(f"{out} exists and is not a directory; choose another --out")
-            if any(out.iterdir()) and not (out / MARKER).exists():
-                raise FileExistsError(
-                    f"{out} exists, is not empty and was not written by funcgrad; refusing to "
-                    "replace it. Choose another output directory or remove it."
-                )
+        out = check_output_dir(out_dir)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         try:

@@ -1,0 +1,165 @@
+"""`funcgrad tour --quick` writes a page whose every image loads in a real browser (headless
+Chromium); a missing data set is skipped with a message, never a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from funcgrad import cli_tour, tour
+from funcgrad.data import mnist
+
+CHROMIUM = shutil.which("chromium") or (
+    "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
+)
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=10000",
+]
+
+
+class _Links(HTMLParser):
+    """Every src/href of a page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: list[str] = []
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        for name in ("src", "href"):
+            if attrs.get(name) and tag != "img":
+                self.links.append(attrs[name])
+
+
+def _chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def quick_tour(tmp_path_factory):
+    """Run `funcgrad tour --quick --out DIR` as a user would, in a fresh process."""
+    out = tmp_path_factory.mktemp("tour") / "funcgrad-tour"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "funcgrad.cli", "tour", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env=env,
+        check=False,
+    )
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, proc.stdout
+
+
+@pytest.mark.slow
+def test_quick_tour_prints_a_summary_and_writes_a_page_of_existing_files(quick_tour):
+    out, stdout = quick_tour
+    index = out / "index.html"
+    assert f"wrote {index}" in stdout
+    header = next(line for line in stdout.splitlines() if line.startswith("section"))
+    assert header.split() == ["section", "metric", "value", "time"]
+    assert "learned f(x1, x2) = " in stdout
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["quick"] is True and summary["failed_checks"] == []
+    rows = {(r["section"], r["metric"]): r["value"] for r in summary["summary"]}
+    assert {r["section"] for r in summary["summary"]} == set(tour.SECTIONS)
+    assert rows[("xor", "2-2-1 sigmoid accuracy")].startswith("100.0%")
+    assert rows[("xor", "2-3-1 sigmoid accuracy")].startswith("100.0%")
+    assert all(v.startswith("OK") for (s, _), v in rows.items() if s == "gradients")
+    assert ("mnist", "skipped") in rows or ("mnist", "784-64-10 test accuracy") in rows
+
+    page = _Links()
+    page.feed(index.read_text())
+    assert len(page.images) >= 10
+    for ref in page.images + page.links:
+        if ref.startswith("#"):
+            continue
+        assert not re.match(r"^[a-z]+:", ref), f"non-relative link {ref}"
+        assert (out / ref).is_file(), f"{ref} is referenced but missing"
+    shipped = {f"images/{p.name}" for p in (out / "images").iterdir()}
+    assert shipped == set(page.images), "every image written is shown, and only those"
+    gif = next(p for p in page.images if p.endswith(".gif"))
+    from PIL import Image
+
+    with Image.open(out / gif) as im:
+        assert im.n_frames == tour.QUICK.moons_epochs + 1  # epoch 0 and after every epoch
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (Debian's `chromium`) is not "
+                    "installed; CI installs it")
+def test_every_image_of_the_tour_loads_in_headless_chromium(quick_tour, tmp_path):
+    out, _ = quick_tour
+    url = (out / "index.html").as_uri()
+    dom = _chromium(["--dump-dom", url], tmp_path / "profile")
+    match = re.search(r'<body[^>]*data-images-ok="(\d+)/(\d+)"', dom.stdout)
+    assert match, f"the page's load script did not run:\n{dom.stdout[:500]}\n{dom.stderr[-2000:]}"
+    ok, total = int(match[1]), int(match[2])
+    broken = re.search(r'data-images-broken="([^"]*)"', dom.stdout)[1]
+    assert total >= 10
+    assert ok == total, f"{total - ok} image(s) did not load: {broken}"
+
+    screenshot = tmp_path / "tour.png"
+    shot = _chromium(["--window-size=1280,2000", f"--screenshot={screenshot}", url],
+                     tmp_path / "profile")
+    assert screenshot.is_file() and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+    print(f"screenshot of the tour page: {screenshot}")
+
+
+def test_a_missing_data_set_is_skipped_with_a_message(tmp_path, monkeypatch):
+    # No Fashion-MNIST anywhere: an empty cache and no system folders.
+    monkeypatch.setenv("FUNCGRAD_DATA", str(tmp_path / "empty-cache"))
+    monkeypatch.setitem(mnist.KNOWN_DIRS, "fashion-mnist", ())
+    lines: list[str] = []
+    result = tour.run(tmp_path / "out", quick=True, sections=["mnist"], print_fn=lines.append)
+    assert result["summary"][0]["section"] == "mnist"
+    assert result["summary"][0]["metric"] == "skipped"
+    assert any("skipped: Fashion-MNIST is not on this machine" in line for line in lines)
+    text = result["index"].read_text()
+    assert "apt-get install dataset-fashion-mnist" in text and 'class="note warning"' in text
+
+
+def test_tour_refuses_unknown_sections_and_a_foreign_output_directory(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown section"):
+        tour.run(tmp_path / "x", sections=["moon"])
+    assert tuple(cli_tour.SECTION_NAMES) == tour.SECTIONS
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("keep me")
+    from funcgrad import cli
+
+    status = cli.main(["tour", "--quick", "--only", "linear", "--out", str(foreign)])
+    assert status == 2
+    assert "not written by funcgrad" in capsys.readouterr().out
+    assert (foreign / "todo.txt").read_text() == "keep me"
+    with pytest.raises(SystemExit):
+        cli.main(["tour", "--only", "linear,nope"])
