@@ -185,6 +185,24 @@ def test_scan_with_integer_carry_and_inactive_carry():
     assert_grads_match(f, W, XS, argnums=(0, 1))
 
 
+def test_second_order_through_scan():
+    # the backward scan's body sees per-iteration values: zero cotangents of xs there must have
+    # the per-iteration shape, not the stacked one
+    def f(x):
+        def body(c, row):
+            s = jnp.sin(row * c)
+            return c + jnp.sum(s) * 0.1, s
+
+        c, ys = lax.scan(body, 1.0, x)
+        return c + jnp.sum(ys**2)
+
+    x = jax.random.normal(KEY, (2, 5))
+    v = jnp.ones((2, 5))
+    got = fg.grad(lambda x: jnp.vdot(fg.grad(f)(x), v))(x)
+    assert_trees_close(got, jax.grad(lambda x: jnp.vdot(jax.grad(f)(x), v))(x))
+    assert_trees_close(fg.hessian(f)(x), jax.hessian(f)(x), 1e-5, 1e-5)
+
+
 def test_fori_loop_with_static_bounds_is_a_scan():
     def f(w):
         return jnp.sum(lax.fori_loop(0, 4, lambda i, h: jnp.tanh(h @ w), jnp.ones(3)))

@@ -399,6 +399,8 @@ class ScanVjp:
         carry_idx = [j for j, a in enumerate(record.carry_active) if a]
         out_avals = [v.aval for v in eqn.outvars]
         in_avals = [v.aval for v in eqn.invars]
+        # inside the backward scan's body, values are per iteration: xs lose their leading axis
+        body_avals = [v.aval for v in params["jaxpr"].jaxpr.invars]
         ys_idx = [j for j in range(ncar, len(cts)) if is_differentiable(out_avals[j])]
         const_idx = [k for k in range(nc) if needs[k]]
         xs_idx = [k for k in range(nc + ncar, len(invals)) if needs[k]]
@@ -417,9 +419,9 @@ class ScanVjp:
             for j, ct in zip(ys_idx, ct_y):
                 out_cts[j] = ct
             in_cts = backward(sub, out_cts)
-            new_ct_c = [instantiate(in_cts[nc + j], in_avals[nc + j]) for j in carry_idx]
-            new_acc = [a + instantiate(in_cts[k], in_avals[k]) for a, k in zip(acc, const_idx)]
-            ct_x = [instantiate(in_cts[k], in_avals[k]) for k in xs_idx]
+            new_ct_c = [instantiate(in_cts[nc + j], body_avals[nc + j]) for j in carry_idx]
+            new_acc = [a + instantiate(in_cts[k], body_avals[k]) for a, k in zip(acc, const_idx)]
+            ct_x = [instantiate(in_cts[k], body_avals[k]) for k in xs_idx]
             return (new_ct_c, new_acc), ct_x
 
         (ct_init, ct_consts), ct_xs = lax.scan(
