@@ -62,6 +62,10 @@ def convert_element_type_vjp(ct, x):
     x_dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)  # x may be a Python scalar
     if not dtypes.issubdtype(x_dtype, np.inexact):
         return (None,)
+    if dtypes.issubdtype(ct.dtype, np.complexfloating) and not dtypes.issubdtype(
+        x_dtype, np.complexfloating
+    ):
+        return (lax.real(ct),)  # real -> complex: the real part of ct flows back
     return (ct,)
 
 
