@@ -148,6 +148,32 @@ def test_a_missing_data_set_is_skipped_with_a_message(tmp_path, monkeypatch):
     assert "apt-get install dataset-fashion-mnist" in text and 'class="note warning"' in text
 
 
+def test_a_failed_gradient_check_is_shown_on_the_page_and_fails_the_command(
+    tmp_path, monkeypatch, capsys
+):
+    import jax.numpy as jnp
+
+    import funcgrad as fg
+    from funcgrad import cli
+
+    def cube(x):
+        return jnp.sum(x**3)
+
+    def wrong(x):  # d/dx x³ is 3x², not 2x²
+        return 2 * x**2
+
+    planted = {"planted": lambda: fg.compare_grads(cube, jnp.arange(1.0, 4.0), reference=wrong)}
+    monkeypatch.setattr(tour, "_grad_cases", lambda t: planted)
+    status = cli.main(["tour", "--only", "gradients", "--out", str(tmp_path / "out")])
+    assert status == 1
+    out = capsys.readouterr().out
+    assert "planted: FAILED 1/2 out of tolerance" in out
+    assert "gradient checks FAILED: planted" in out
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert 'class="note error"' in page and "Gradient checks FAILED: planted" in page
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["failed_checks"]
+
+
 def test_tour_refuses_unknown_sections_and_a_foreign_output_directory(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown section"):
         tour.run(tmp_path / "x", sections=["moon"])

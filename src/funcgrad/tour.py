@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -405,17 +406,22 @@ def _gradients(t: _Tour, sec: Section) -> None:
             rows = report.rows
             passed = sum(r["ok"] for r in rows)
             pairs = ", ".join(report.pairs)
-            verdict = "OK" if report.ok else "FAILED"
-            t.print(f"  {name}: {verdict} {passed}/{len(rows)} comparisons ({pairs}) "
-                    f"in {seconds:.1f} s")
-            t.row("gradients", f"{name}: {pairs}", f"{verdict} {passed}/{len(rows)}")
+            if report.ok:
+                verdict = f"OK {passed}/{len(rows)} within tolerance"
+            else:
+                verdict = f"FAILED {len(rows) - passed}/{len(rows)} out of tolerance"
+            t.print(f"  {name}: {verdict} ({pairs}) in {seconds:.1f} s")
+            t.row("gradients", f"{name}: {pairs}", verdict)
             if not report.ok:
                 t.failed_checks.append(f"{name}: {report.verdict()}")
 
 
 # ---- 6. graphs ----------------------------------------------------------------------------------
 def _graphs(t: _Tour, sec: Section) -> None:
-    from funcgrad.viz import draw_jaxpr
+    from funcgrad.viz import GraphvizNotFoundError, draw_jaxpr
+
+    if shutil.which("dot") is None:  # say so before tracing anything
+        raise GraphvizNotFoundError("dot")
 
     k = t.keys(6, 6)
     neuron = manual.linear.init(k[0])
@@ -513,6 +519,7 @@ def run(
     unknown = [s for s in chosen if s not in SECTIONS]
     if unknown:
         raise ValueError(f"tour: unknown section(s) {unknown}; choose from {list(SECTIONS)}")
+    chosen = [s for s in SECTIONS if s in chosen]  # always in the tour's order
     check_output_dir(out_dir)  # before minutes of work, not after
     start, cpu_start = time.perf_counter(), time.process_time()
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -539,7 +546,8 @@ def run(
                 print_fn("  skipped: Graphviz's `dot` program is not installed")
                 tour.row(name, "skipped", "Graphviz's dot is not installed")
             seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-            tour.rows[first_row]["time"] = f"{seconds:.1f} s"
+            if len(tour.rows) > first_row:
+                tour.rows[first_row]["time"] = f"{seconds:.1f} s"
             sec.text(f"Section time: {seconds:.1f} s wall, {cpu:.1f} s CPU.")
             print_fn(f"  ({seconds:.1f} s)")
         wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
