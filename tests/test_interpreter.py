@@ -370,6 +370,19 @@ def test_trace_names_inputs_and_refuses_unknown_or_duplicate_names():
         fg.trace(twice, X).cotangent("a")
 
 
+def test_trace_forward_only_and_compiled():
+    fwd = fg.trace(lambda x: jnp.tanh(x), X, backward=False)  # non-scalar output is fine
+    assert_trees_close(fwd.value, jnp.tanh(X))
+    assert fwd.cotangents is None and fwd.grads is None
+    eager = fg.trace(tanh_mlp_loss, PARAMS, BX, BY)
+    compiled = fg.trace(tanh_mlp_loss, PARAMS, BX, BY, jit=True)
+    assert_trees_close(compiled.grads, eager.grads)
+    assert set(compiled.cotangents) == set(eager.cotangents)
+    for v, ct in eager.cotangents.items():
+        assert_trees_close(compiled.cotangents[v], ct)
+    assert fg.grad(smooth).__funcgrad_grad__ == ("grad", 0)
+
+
 def test_trace_keeps_cotangents_of_every_active_variable():
     tr = fg.trace(tanh_mlp_loss, PARAMS, BX, BY)
     jaxpr = tr.jaxpr

@@ -233,6 +233,7 @@ def value_and_grad(
         g = grads[0] if isinstance(argnums, int) else grads
         return ((value, aux), g) if has_aux else (value, g)
 
+    value_and_grad_fun.__funcgrad_grad__ = ("value_and_grad", argnums)  # type: ignore[attr-defined]
     return value_and_grad_fun
 
 
@@ -252,6 +253,7 @@ def grad(fun: Callable, argnums: int | Sequence[int] = 0, has_aux: bool = False)
             return g, aux
         return vg(*args, **kwargs)[1]
 
+    grad_fun.__funcgrad_grad__ = ("grad", argnums)  # type: ignore[attr-defined]
     return grad_fun
 
 
@@ -357,6 +359,8 @@ def trace(
     argnums: int | Sequence[int] = 0,
     has_aux: bool = False,
     out_cotangent: Any = None,
+    backward: bool = True,
+    jit: bool = False,
     **kwargs: Any,
 ) -> Trace:
     """Evaluate ``fun(*args, **kwargs)`` and its backward pass, keeping every value and cotangent.
@@ -366,38 +370,93 @@ def trace(
     gradients (``.grads``, with the structure ``fg.grad`` returns). ``.cotangent("logits")`` gives
     the cotangent of a value tagged with ``fg.tag``, or of an input by its name
     (``"layers[0].W"``). ``out_cotangent`` seeds a non-scalar output (default: 1.0 for scalars).
+
+    ``backward=False`` evaluates the forward pass only (any output; no cotangents, no grads).
+    ``jit=True`` runs the whole evaluation as one compiled program and returns the same trace:
+    much faster for large models (eagerly, every primitive is dispatched, and compiled the first
+    time it is seen), but values may differ from eager ones by float rounding where XLA fuses
+    operations differently. Per-iteration values inside scan bodies are not kept either way.
     """
     nums = _argnums_tuple(argnums, len(args))
     traced = _Traced(fun, args, kwargs, nums, has_aux)
+    seeds = _trace_seeds(traced, out_cotangent) if backward else None
     token = INSPECTING.set(True)
     try:
-        return _trace(traced, argnums, has_aux, out_cotangent)
+        if jit:
+            tr, in_cts = _evaluate_compiled(traced, seeds)
+        else:
+            tr = traced.evaluate()
+            in_cts = _backward_seeded(tr, traced, seeds) if backward else None
     finally:
         INSPECTING.reset(token)
-
-
-def _trace(traced: _Traced, argnums: Any, has_aux: bool, out_cotangent: Any) -> Trace:
-    tr = traced.evaluate()
-    outs = tr.outputs
-    if out_cotangent is None:
-        seeds = [_scalar_seed(traced, "fg.trace")]
-    else:
-        leaves, tree = jax.tree_util.tree_flatten(out_cotangent)
-        if tree != traced.out_tree:
-            raise ValueError(
-                f"out_cotangent has tree structure {tree}, but the output has {traced.out_tree}"
-            )
-        seeds = [jnp.asarray(leaf, aval.dtype) for leaf, aval in zip(leaves, traced.out_avals)]
-    in_cts = backward(tr, seeds + [None] * (len(outs) - traced.n_out), keep=True)
-    grads = traced.grads_tree(in_cts)
-    value, aux = traced.split_outputs(outs)
+    value, aux = traced.split_outputs(tr.outputs)
     tr.closed_jaxpr = traced.closed
     tr.input_names = traced.input_names
     tr.const_names = traced.const_names
+    tr.out_tree = traced.out_tree
+    tr.aux_tree = traced.aux_tree if has_aux else None
     tr.value = value
     tr.aux = aux if has_aux else None
-    tr.grads = grads[0] if isinstance(argnums, int) else grads
+    if in_cts is not None:
+        grads = traced.grads_tree(in_cts)
+        tr.grads = grads[0] if isinstance(argnums, int) else grads
     return tr
+
+
+def _trace_seeds(traced: _Traced, out_cotangent: Any) -> list[Any]:
+    if out_cotangent is None:
+        return [_scalar_seed(traced, "fg.trace")]
+    leaves, tree = jax.tree_util.tree_flatten(out_cotangent)
+    if tree != traced.out_tree:
+        raise ValueError(
+            f"out_cotangent has tree structure {tree}, but the output has {traced.out_tree}"
+        )
+    return [jnp.asarray(leaf, aval.dtype) for leaf, aval in zip(leaves, traced.out_avals)]
+
+
+def _backward_seeded(tr: Trace, traced: _Traced, seeds: list[Any]) -> list[Any]:
+    n_aux = len(traced.closed.jaxpr.outvars) - traced.n_out
+    return backward(tr, seeds + [None] * n_aux, keep=True)
+
+
+def _cotangent_leaves(tr: Trace) -> list[Any]:
+    out = list((tr.cotangents or {}).values())
+    for _, _, record in tr.eqn_records():
+        if isinstance(record, Trace):
+            out.extend(_cotangent_leaves(record))
+    return out
+
+
+def _with_cotangent_leaves(skeleton: Trace, tr: Trace, leaves: list[Any]) -> int:
+    """Give ``tr`` (rebuilt from ``skeleton``) the cotangents ``leaves``; returns how many used."""
+    keys = list((skeleton.cotangents or {}).keys())
+    if skeleton.cotangents is not None:
+        tr.cotangents = dict(zip(keys, leaves[: len(keys)]))
+    pos = len(keys)
+    for i, _, record in skeleton.eqn_records():
+        if isinstance(record, Trace):
+            pos += _with_cotangent_leaves(record, tr.records[i], leaves[pos:])
+        else:
+            tr.records[i] = None  # scan/custom_vjp records hold values of the compiled trace
+    return pos
+
+
+def _evaluate_compiled(traced: _Traced, seeds: list[Any] | None) -> tuple[Trace, Any]:
+    """fg.trace(jit=True): one compiled program returns every value and cotangent."""
+    closed = traced.closed
+    box: dict[str, Trace] = {}
+
+    def run(dyn: list[Any], consts: list[Any], seeds: list[Any] | None):
+        tr = evaluate(closed.jaxpr, consts, dyn, [True] * len(dyn))
+        in_cts = None if seeds is None else _backward_seeded(tr, traced, seeds)
+        box["skeleton"] = tr
+        return tr.outputs, tr.leaves(), _cotangent_leaves(tr), in_cts
+
+    _, leaves, ct_leaves, in_cts = jax.jit(run)(traced.dyn_args, list(closed.consts), seeds)
+    skeleton = box["skeleton"]
+    tr = skeleton.with_leaves(leaves, list(closed.consts))
+    _with_cotangent_leaves(skeleton, tr, ct_leaves)
+    return tr, in_cts
 
 
 def _find_tags(tr: Trace, name: str) -> list[tuple[Trace, Var]]:

@@ -65,6 +65,7 @@ class Trace:
     __slots__ = (
         "active",
         "aux",
+        "aux_tree",
         "closed_jaxpr",
         "const_names",
         "consts",
@@ -73,6 +74,7 @@ class Trace:
         "input_names",
         "invariant",
         "jaxpr",
+        "out_tree",
         "records",
         "value",
         "values",
@@ -101,6 +103,8 @@ class Trace:
         self.value: Any = None
         self.aux: Any = None
         self.grads: Any = None
+        self.out_tree: Any = None
+        self.aux_tree: Any = None
 
     def __repr__(self) -> str:
         n = len(self.jaxpr.eqns)
