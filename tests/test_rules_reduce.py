@@ -1,0 +1,330 @@
+"""Reduction and cumulative-scan rules (reduce_sum/max/min/prod, cumsum, cumprod, cummax,
+cummin, cumlogsumexp) held against jax.grad.
+
+Each case is user code (``jnp.max``, ``jnp.cumprod``, ``lax.cummax``, ...) and names the primitive
+it must reach. The conventions JAX picks are tested exactly: reduce_max ties share the cotangent
+equally, a product with one or two zeros, cummax/cummin ties split the way JAX's associative-scan
+tree splits them (checked for every length 1..13), and the NaN/-inf behaviour of each rule.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from gradcheck import assert_trees_close
+from jax import lax
+from jax.extend.core import ClosedJaxpr, Jaxpr
+
+import funcgrad as fg
+
+
+# ---- helpers -------------------------------------------------------------------------------
+def randn(seed: int, *shape: int, dtype=np.float32) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def randint(seed: int, *shape: int, high: int = 3, dtype=np.float32) -> jax.Array:
+    """Small integers as floats: many ties, and sums of cotangents stay exact."""
+    return jnp.asarray(np.random.default_rng(seed).integers(0, high, shape), dtype)
+
+
+def weighted_sum(f: Callable, integer_weights: bool = False) -> Callable:
+    """sum(f(...) * w) with a fixed random w: a scalar loss with a non-uniform cotangent.
+
+    ``integer_weights`` makes every cotangent a small integer, so that routing conventions
+    (which element gets which share) are compared exactly, free of rounding.
+    """
+
+    def loss(*args):
+        y = f(*args)
+        rng = np.random.default_rng(100)
+        w = rng.integers(-3, 4, y.shape) if integer_weights else rng.standard_normal(y.shape)
+        return jnp.sum(y * w.astype(y.dtype))
+
+    return loss
+
+
+def primitives_of(jaxpr: Jaxpr, found: set[str] | None = None) -> set[str]:
+    """Names of every primitive in ``jaxpr``, sub-jaxprs (jit, scan, ...) included."""
+    found = set() if found is None else found
+    for eqn in jaxpr.eqns:
+        found.add(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                if isinstance(sub, ClosedJaxpr):
+                    primitives_of(sub.jaxpr, found)
+                elif isinstance(sub, Jaxpr):
+                    primitives_of(sub, found)
+    return found
+
+
+def assert_uses(primitive: str, f: Callable, *args: Any) -> None:
+    used = primitives_of(jax.make_jaxpr(f)(*args).jaxpr)
+    assert primitive in used, f"expected '{primitive}' in the jaxpr, got {sorted(used)}"
+
+
+def assert_exactly(got, want) -> None:
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+@dataclass
+class Case:
+    id: str
+    primitive: str
+    f: Callable
+    make_args: Callable[[], tuple]  # built lazily: under enable_x64 for the float64 variants
+
+    def args(self, dtype=np.float32) -> tuple:
+        return tuple(a.astype(dtype) for a in self.make_args())
+
+
+def jax_grad(f: Callable) -> Callable:
+    # The reference runs jitted: eager jax.grad of the cumulative ops replays JAX's
+    # associative-scan JVP op by op, ~10x slower than compiling it.
+    return jax.jit(jax.grad(f))
+
+
+def assert_grads_match(f: Callable, *args, eager: bool = False) -> None:
+    """jax.jit(fg.grad(f)) (and with ``eager`` also fg.grad(f) run op by op) equals jax.grad(f)."""
+    want = jax_grad(f)(*args)
+    assert_trees_close(jax.jit(fg.grad(f))(*args), want, what="jit(fg.grad)")
+    if eager:
+        assert_trees_close(fg.grad(f)(*args), want)
+
+
+def check(case: Case, dtype=np.float32, eager: bool = False) -> None:
+    args = case.args(dtype)
+    assert_uses(case.primitive, case.f, *args)
+    assert_grads_match(weighted_sum(case.f), *args, eager=eager)
+
+
+# ---- the cases -----------------------------------------------------------------------------
+CASES = [
+    # reduce_sum
+    Case("sum-all", "reduce_sum", jnp.sum, lambda: (randn(0, 3, 4),)),
+    Case("sum-axis", "reduce_sum", lambda x: jnp.sum(x, axis=1), lambda: (randn(1, 2, 3, 4),)),
+    Case("sum-axes", "reduce_sum", lambda x: jnp.sum(x, axis=(0, 2)), lambda: (randn(2, 2, 3, 4),)),
+    Case("sum-keepdims", "reduce_sum", lambda x: jnp.sum(x, 1, keepdims=True) * x,
+         lambda: (randn(3, 3, 4),)),
+    Case("mean", "reduce_sum", lambda x: jnp.mean(x, axis=-1), lambda: (randn(4, 5, 6),)),
+    # reduce_max / reduce_min
+    Case("max-all", "reduce_max", jnp.max, lambda: (randn(5, 3, 4),)),
+    Case("max-axis", "reduce_max", lambda x: jnp.max(x, axis=0), lambda: (randn(6, 4, 3),)),
+    Case("max-axes", "reduce_max", lambda x: jnp.max(x, axis=(0, 2)), lambda: (randn(7, 2, 3, 4),)),
+    Case("max-ties", "reduce_max", lambda x: jnp.max(x, axis=1), lambda: (randint(8, 4, 6),)),
+    Case("min-axis", "reduce_min", lambda x: jnp.min(x, axis=1), lambda: (randn(9, 3, 5),)),
+    Case("min-ties", "reduce_min", lambda x: jnp.min(x, axis=(0, 1)),
+         lambda: (randint(10, 3, 4, 2),)),
+    Case("amax-1d", "reduce_max", jnp.amax, lambda: (randn(11, 7),)),
+    Case("logsumexp", "reduce_max", lambda x: jax.nn.logsumexp(x, axis=1),
+         lambda: (randn(12, 3, 5),)),
+    # reduce_prod
+    Case("prod-all", "reduce_prod", jnp.prod, lambda: (randn(13, 3, 4),)),
+    Case("prod-axis", "reduce_prod", lambda x: jnp.prod(x, axis=1), lambda: (randn(14, 3, 5),)),
+    Case("prod-axes", "reduce_prod", lambda x: jnp.prod(x, axis=(0, 2)),
+         lambda: (randn(15, 2, 3, 4),)),
+    Case("prod-with-zeros", "reduce_prod", lambda x: jnp.prod(x, axis=1),
+         lambda: (randn(16, 4, 5) * (randint(17, 4, 5, high=4) > 0),)),
+    # cumulative sums, products, extrema, log-sum-exps; both directions, any axis
+    Case("cumsum", "cumsum", lambda x: jnp.cumsum(x, axis=1), lambda: (randn(18, 3, 5),)),
+    Case("cumsum-reverse", "cumsum", lambda x: lax.cumsum(x, 0, reverse=True),
+         lambda: (randn(19, 6, 2),)),
+    Case("cumprod", "cumprod", lambda x: jnp.cumprod(x, axis=1), lambda: (randn(20, 3, 6),)),
+    Case("cumprod-reverse", "cumprod", lambda x: lax.cumprod(x, 0, reverse=True),
+         lambda: (randn(21, 7, 2),)),
+    Case("cumprod-with-zeros", "cumprod", lambda x: jnp.cumprod(x, axis=0),
+         lambda: (randn(22, 9, 3) * (randint(23, 9, 3) > 0),)),
+    Case("cumprod-with-zeros-reverse", "cumprod", lambda x: lax.cumprod(x, 1, reverse=True),
+         lambda: (randn(24, 3, 9) * (randint(25, 3, 9) > 0),)),
+    Case("cummax", "cummax", lambda x: lax.cummax(x, 1), lambda: (randn(26, 3, 7),)),
+    Case("cummax-reverse", "cummax", lambda x: lax.cummax(x, 0, reverse=True),
+         lambda: (randn(27, 6, 2),)),
+    Case("cummin", "cummin", lambda x: lax.cummin(x, 0), lambda: (randn(28, 5, 3),)),
+    Case("cummin-reverse", "cummin", lambda x: lax.cummin(x, 1, reverse=True),
+         lambda: (randn(29, 2, 8),)),
+    Case("cumlogsumexp", "cumlogsumexp", lambda x: lax.cumlogsumexp(x, 1),
+         lambda: (randn(30, 3, 6),)),
+    Case("cumlogsumexp-reverse", "cumlogsumexp", lambda x: lax.cumlogsumexp(x, 0, reverse=True),
+         lambda: (randn(31, 7, 2),)),
+    Case("cumlogsumexp-wide-range", "cumlogsumexp", lambda x: lax.cumlogsumexp(x, 0),
+         lambda: (jnp.array([-80.0, 0.0, 60.0, 59.0, -90.0, 60.5]),)),
+]
+IDS = [c.id for c in CASES]
+BY_ID = {c.id: c for c in CASES}
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_rule_matches_jax(case):
+    check(case)
+
+
+EAGER = ["sum-axes", "max-ties", "prod-with-zeros", "cumsum-reverse", "cumprod-with-zeros",
+         "cummin-reverse", "cumlogsumexp"]
+
+
+@pytest.mark.parametrize("name", EAGER)
+def test_rule_matches_jax_eagerly(name):
+    check(BY_ID[name], eager=True)
+
+
+FLOAT64 = ["sum-axes", "max-axes", "min-ties", "prod-axes", "prod-with-zeros", "cumsum",
+           "cumprod-with-zeros-reverse", "cummax-reverse", "cummin", "cumlogsumexp-reverse"]
+
+
+@pytest.mark.parametrize("name", FLOAT64)
+def test_rule_matches_jax_in_float64(name):
+    with jax.enable_x64(True):
+        case = BY_ID[name]
+        assert all(a.dtype == np.float64 for a in case.args(np.float64))
+        check(case, np.float64)
+
+
+# ---- scalars and zero-size arrays ----------------------------------------------------------
+EDGE_SHAPES = [
+    ("sum-scalar", lambda x: jnp.sum(x) * x, ()),
+    ("max-scalar", lambda x: lax.reduce_max(x, ()), ()),
+    ("prod-length-1", lambda x: jnp.prod(x), (1,)),
+    ("sum-empty", lambda x: jnp.sum(x), (0,)),
+    ("sum-empty-axis", lambda x: jnp.sum(x, axis=1), (2, 0, 3)),
+    ("max-over-nonempty-axis", lambda x: jnp.max(x, axis=0), (2, 0, 3)),
+    ("max-over-empty-axis", lambda x: lax.reduce_max(x, (1,)), (2, 0, 3)),
+    ("prod-empty", lambda x: jnp.prod(x, axis=1), (2, 0, 3)),
+    ("prod-empty-kept", lambda x: jnp.prod(x, axis=0), (2, 0, 3)),
+    ("cumsum-empty", lambda x: jnp.cumsum(x, axis=1), (2, 0, 3)),
+    ("cumprod-empty", lambda x: jnp.cumprod(x, axis=0), (0,)),
+    ("cummax-empty", lambda x: lax.cummax(x, 1), (2, 0, 3)),
+    ("cumlogsumexp-empty", lambda x: lax.cumlogsumexp(x, 0), (0, 2)),
+    ("cumprod-length-1", lambda x: jnp.cumprod(x, axis=1), (3, 1)),
+    ("cummax-length-1", lambda x: lax.cummax(x, 0), (1,)),
+    ("cumlogsumexp-length-1", lambda x: lax.cumlogsumexp(x, 0, reverse=True), (1, 2)),
+]
+
+
+@pytest.mark.parametrize("name,f,shape", EDGE_SHAPES, ids=[e[0] for e in EDGE_SHAPES])
+def test_scalars_and_zero_size(name, f, shape):
+    x = randn(40, *shape)
+    got = fg.grad(weighted_sum(f))(x)
+    assert got.shape == shape
+    assert_trees_close(got, jax_grad(weighted_sum(f))(x))
+
+
+# ---- JAX's conventions, exactly ------------------------------------------------------------
+def test_reduce_max_ties_share_equally():
+    x = jnp.array([1.0, 3.0, 3.0, -2.0, 3.0])
+    third = np.float32(1) / np.float32(3)
+    assert_exactly(fg.grad(jnp.max)(x), np.array([0, third, third, 0, third], np.float32))
+    assert_exactly(fg.grad(jnp.min)(jnp.array([1.0, 1.0, 2.0])), [0.5, 0.5, 0])
+    assert_exactly(fg.grad(jnp.max)(x), jax.grad(jnp.max)(x))
+
+
+@pytest.mark.parametrize("x", [[1.0, np.nan, 2.0], [np.inf, 1.0, np.inf], [-np.inf, -np.inf]],
+                         ids=["nan", "inf-ties", "all-minus-inf"])
+@pytest.mark.parametrize("reduce", [jnp.max, jnp.min], ids=["max", "min"])
+def test_reduce_chooser_nan_and_inf_as_jax(x, reduce):
+    x = jnp.array(x)
+    np.testing.assert_array_equal(fg.grad(reduce)(x), jax.grad(reduce)(x))
+
+
+@pytest.mark.parametrize("x,want", [
+    ([2.0, 0.0, 3.0, 4.0], [0.0, 24.0, 0.0, 0.0]),   # one zero: only its slot is nonzero
+    ([2.0, 0.0, 3.0, 0.0], [0.0, 0.0, 0.0, 0.0]),    # two zeros: all zero
+    ([0.0], [1.0]),
+    ([-1.5, 2.0, -4.0], [-8.0, 6.0, -3.0]),
+], ids=["one-zero", "two-zeros", "single-zero", "no-zero"])
+def test_reduce_prod_with_zeros_exact(x, want):
+    x = jnp.array(x)
+    assert_exactly(fg.grad(jnp.prod)(x), want)
+    assert_exactly(fg.grad(jnp.prod)(x), jax.grad(jnp.prod)(x))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_cumprod_with_zeros_exact(reverse):
+    x = jnp.array([2.0, 0.0, 3.0, 0.0, 5.0, 1.5, 0.5, -2.0])
+    loss = weighted_sum(lambda x: lax.cumprod(x, 0, reverse=reverse), integer_weights=True)
+    assert_exactly(fg.grad(loss)(x), jax_grad(loss)(x))
+
+
+@pytest.mark.parametrize("prim,reverse", [(lax.cummax, False), (lax.cummax, True),
+                                          (lax.cummin, False)],
+                         ids=["cummax", "cummax-reverse", "cummin"])
+def test_cumulative_extremum_ties_split_like_jax(prim, reverse):
+    """Ties split by powers of 1/2 along JAX's scan tree: the exact shares, for lengths whose
+    odd/even halvings take every branch of the tree (1..8, and 11 = odd-odd-odd)."""
+    xs = [randint(n, 2, n, high=3) for n in (1, 2, 3, 4, 5, 6, 7, 8, 11)]
+
+    def loss(xs):
+        return sum(weighted_sum(lambda x: prim(x, 1, reverse=reverse), True)(x) for x in xs)
+
+    got, want = jax.jit(fg.grad(loss))(xs), jax_grad(loss)(xs)
+    for g, w in zip(got, want):
+        assert_exactly(g, w)
+
+
+def test_cummax_all_equal_and_nan():
+    loss = weighted_sum(lambda x: lax.cummax(x, 0), integer_weights=True)
+    for x in (jnp.ones(9), jnp.array([1.0, np.nan, 2.0, 0.5, np.nan, 3.0])):
+        np.testing.assert_array_equal(fg.grad(loss)(x), jax_grad(loss)(x))
+
+
+@pytest.mark.parametrize("x", [[-np.inf, 1.0, 2.0], [1.0, -np.inf, 2.0], [-np.inf, -np.inf, 1.0],
+                               [1.0, -np.inf, -np.inf], [80.0, 90.0, -90.0]],
+                         ids=["leading-ninf", "middle-ninf", "two-leading-ninf",
+                              "trailing-ninf", "large"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_cumlogsumexp_infinities_as_jax(x, reverse):
+    """-inf inputs: slope 1 for the scan's first element, NaN where JAX gets -inf - -inf."""
+    x = jnp.array(x)
+
+    def loss(x):
+        return jnp.sum(lax.cumlogsumexp(x, reverse=reverse) * jnp.array([1.0, -2.0, 3.0]))
+
+    np.testing.assert_allclose(fg.grad(loss)(x), jax_grad(loss)(x), rtol=1e-6, atol=1e-6)
+
+
+# ---- vmap and second order -----------------------------------------------------------------
+def test_vmap_of_grad():
+    def f(x):
+        return jnp.sum(lax.cummax(x, 0) * jnp.cumprod(x)) + jnp.prod(x) * jnp.max(x)
+
+    xs = randn(50, 4, 6)
+    want = jax.jit(jax.vmap(jax.grad(f)))(xs)
+    assert_trees_close(jax.vmap(fg.grad(f))(xs), want)
+    assert_trees_close(jax.jit(jax.vmap(fg.grad(f)))(xs), want)
+
+
+HESSIANS = [
+    ("reduce_prod", lambda x: jnp.prod(x), lambda: randn(60, 5)),
+    ("reduce_prod-one-zero", lambda x: jnp.prod(x), lambda: jnp.array([1.5, 0.0, -2.0, 3.0])),
+    ("reduce_max", lambda x: jnp.max(x) * jnp.sum(x**2), lambda: randn(61, 5)),
+    ("logsumexp", lambda x: jax.nn.logsumexp(x), lambda: randn(62, 5)),
+    ("cumsum", lambda x: jnp.sum(jnp.cumsum(x) ** 3), lambda: randn(63, 5)),
+    ("cumprod", lambda x: jnp.sum(jnp.cumprod(x) * jnp.arange(1.0, 6.0)), lambda: randn(64, 5)),
+    ("cumprod-zeros", lambda x: jnp.sum(lax.cumprod(x, reverse=True) ** 2),
+     lambda: jnp.array([1.5, 0.0, -2.0, 0.0, 3.0])),
+    ("cummax", lambda x: jnp.sum(lax.cummax(x) ** 2 * x), lambda: randn(65, 5)),
+    ("cummin", lambda x: jnp.sum(lax.cummin(x, reverse=True) ** 3), lambda: randn(66, 5)),
+    ("cumlogsumexp", lambda x: jnp.sum(lax.cumlogsumexp(x) * jnp.arange(5.0)),
+     lambda: randn(67, 5)),
+]
+
+
+@pytest.mark.parametrize("name,f,make_x", HESSIANS, ids=[h[0] for h in HESSIANS])
+def test_hessian_matches_jax(name, f, make_x):
+    x = make_x()
+    assert_trees_close(fg.hessian(f)(x), jax.jit(jax.hessian(f))(x), rtol=1e-5, atol=1e-5)
+
+
+def test_grad_of_grad_float64():
+    def f(s):
+        x = jnp.linspace(-1.0, 2.0, 7) * s
+        return jnp.sum(lax.cumlogsumexp(x)) + jnp.prod(x[1:4]) + jnp.max(jnp.cumprod(x))
+
+    with jax.enable_x64(True):
+        s = jnp.float64(0.7)
+        assert_trees_close(fg.grad(fg.grad(f))(s), jax.jit(jax.grad(jax.grad(f)))(s))
