@@ -129,6 +129,11 @@ class _Tour:
         self.rows.append({"section": section, "metric": metric, "value": value, "time": ""})
 
 
+def _fit(*args: Any, **kwargs: Any) -> tuple[Any, dict[str, list[float]]]:
+    """``fg.train.fit`` with funcgrad's gradients and no progress bar (the tour prints its own)."""
+    return train.fit(*args, grad_engine="funcgrad", progress=False, **kwargs)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -138,9 +143,9 @@ def _linear(t: _Tour, sec: Section) -> None:
     data_key, init_key, fit_key = t.keys(1, 3)
     x, y = manual.linear.data(data_key, t.s.linear_n, noise=0.1)
     params = manual.linear.init(init_key)
-    params, history = train.fit(
+    params, history = _fit(
         manual.linear.loss, params, (x, y), optimizer=optax.sgd(0.1, momentum=0.9),
-        epochs=t.s.linear_epochs, batch_size=16, key=fit_key, grad_engine="funcgrad",
+        epochs=t.s.linear_epochs, batch_size=16, key=fit_key,
     )
     (w1, w2), b = np.asarray(params["W"])[:, 0], float(np.asarray(params["b"])[0])
     learned = f"f(x1, x2) = {w1:.3f}·x1 + {w2:.3f}·x2 + {b:.3f}"
@@ -189,9 +194,9 @@ def _xor(t: _Tour, sec: Section) -> None:
     for i, hidden in enumerate((2, 3)):
         init_key, fit_key = t.keys(20 + i, 2)
         params = manual.xor.init(init_key, hidden)
-        params, history = train.fit(
+        params, history = _fit(
             manual.xor.loss, params, (x, target), optimizer=optax.adam(0.05),
-            epochs=t.s.xor_max_epochs, batch_size=4, key=fit_key, grad_engine="funcgrad",
+            epochs=t.s.xor_max_epochs, batch_size=4, key=fit_key,
             callbacks=[_stop_when_solved(x, target)],
         )
         out = np.asarray(manual.xor.forward(params, x)["o"])[:, 0]
@@ -231,10 +236,10 @@ def _moons(t: _Tour, sec: Section) -> None:
 
     recorder = animate.record_boundary(predict, x, resolution=t.s.moons_resolution)
     recorder.record(params)
-    params, history = train.fit(
+    params, history = _fit(
         train.classifier_loss(apply), params, (x_tr, y_tr), optimizer=optax.adam(0.01),
         epochs=t.s.moons_epochs, batch_size=t.s.moons_batch, key=fit_key, has_aux=True,
-        eval_data=(x_val, y_val), grad_engine="funcgrad", callbacks=[recorder],
+        eval_data=(x_val, y_val), callbacks=[recorder],
     )
     acc, val_acc = history["accuracy"][-1], history["eval_accuracy"][-1]
     t.print(f"  two moons: train accuracy {_pct(acc)}, held-out {_pct(val_acc)}")
@@ -293,10 +298,10 @@ def _mnist(t: _Tour, sec: Section) -> None:
     def keep_steps(state: dict[str, Any]) -> None:
         step_losses.append(np.asarray(state["step_losses"]))
 
-    params, history = train.fit(
+    params, history = _fit(
         train.classifier_loss(models.mlp.apply), params, (x_tr, y_tr),
         optimizer=optax.adam(1e-3), epochs=t.s.mnist_epochs, batch_size=128, key=fit_key,
-        has_aux=True, eval_data=(x_te, y_te), eval_batch_size=1024, grad_engine="funcgrad",
+        has_aux=True, eval_data=(x_te, y_te), eval_batch_size=1024,
         callbacks=[keep_steps],
     )
     test_acc = history["eval_accuracy"][-1]
