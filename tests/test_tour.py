@@ -117,7 +117,7 @@ def test_quick_tour_prints_a_summary_and_writes_a_page_of_existing_files(quick_t
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (Debian's `chromium`) is not "
                     "installed; CI installs it")
-def test_every_image_of_the_tour_loads_in_headless_chromium(quick_tour, tmp_path):
+def test_every_image_of_the_tour_loads_in_headless_chromium(quick_tour, tmp_path, record_property):
     out, _ = quick_tour
     url = (out / "index.html").as_uri()
     dom = _chromium(["--dump-dom", url], tmp_path / "profile")
@@ -132,7 +132,8 @@ def test_every_image_of_the_tour_loads_in_headless_chromium(quick_tour, tmp_path
     shot = _chromium(["--window-size=1280,2000", f"--screenshot={screenshot}", url],
                      tmp_path / "profile")
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
-    print(f"screenshot of the tour page: {screenshot}")
+    record_property("screenshot", str(screenshot))  # in --junitxml reports
+    print(f"screenshot of the tour page: {screenshot}")  # shown with -s or -rP
 
 
 def test_a_missing_data_set_is_skipped_with_a_message(tmp_path, monkeypatch):
