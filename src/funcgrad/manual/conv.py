@@ -17,10 +17,12 @@ over the kh·kw offsets, and so is the backward pass::
 "VALID" padding)::
 
     y[n, i, j, c] = max_{a, b ∈ {0, 1}} x[n, 2i + a, 2j + b, c]
-    dx[n, 2i + a, 2j + b, c] = dy[n, i, j, c] at the window's maximum, 0 elsewhere
+    dx[n, 2i + a, 2j + b, c] = dy[n, i, j, c] · [x is the window's max] / (number of maxima)
 
-The maximum gets the whole gradient; on a tie, the first maximal element of the window in
-row-major order gets it, as ``jax.grad`` of ``lax.reduce_window`` does on CPU.
+The maximum gets the whole gradient; tied maxima share it equally, as ``jax.grad`` of
+``layers.max_pool`` (a reshape and ``reduce_max``) does. (``lax.reduce_window``'s gradient
+gives it all to the first maximum instead; after a ReLU the only ties are all-zero windows,
+whose gradient the ReLU zeroes either way.)
 
 Losses to check them on: :func:`conv2d_loss` (input, weight and bias gradients, as
 ``jax.grad(conv2d_loss, argnums=(0, 1))``) and :func:`max_pool_loss` (input gradient).
@@ -113,11 +115,12 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 def max_pool_2x2_backward(x: jax.Array, dy: jax.Array) -> jax.Array:
-    """dx: each window's ``dy`` goes to its (first, row-major) maximum, 0 to the others."""
+    """dx: each window's ``dy`` goes to its maximum (shared equally on a tie), 0 elsewhere."""
     n, h, w, c = x.shape
     ho, wo = h // 2, w // 2
-    first_max = jnp.argmax(_windows_2x2(x), axis=3)  # (n, ho, wo, c), index a·2 + b
-    routed = jax.nn.one_hot(first_max, 4, axis=3, dtype=dy.dtype) * dy[:, :, :, None, :]
+    windows = _windows_2x2(x)  # (n, ho, wo, 4, c)
+    is_max = (windows == jnp.max(windows, axis=3, keepdims=True)).astype(dy.dtype)
+    routed = is_max / jnp.sum(is_max, axis=3, keepdims=True) * dy[:, :, :, None, :]
     dx = routed.reshape(n, ho, wo, 2, 2, c).transpose(0, 1, 3, 2, 4, 5)
     dx = dx.reshape(n, 2 * ho, 2 * wo, c)
     return jnp.pad(dx, ((0, 0), (0, h - 2 * ho), (0, w - 2 * wo), (0, 0)))  # dropped rows: 0
