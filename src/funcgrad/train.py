@@ -10,12 +10,15 @@
     history["eval_accuracy"][-1]
 
 How an epoch runs. The training set is put on the device once. Each epoch is one call of one
-jitted function: ``jax.random.permutation(fold_in(key, epoch), n)`` shuffles on the device, the
-first ``(n // batch_size) * batch_size`` examples of that order are gathered into
-``(num_batches, batch_size, ...)`` (the remainder is dropped, different examples each epoch, as in
-``fg.data.batches``), and ``lax.scan`` runs the optax step over the batches, returning the loss (and
-aux metrics) of every step. So epoch ``e`` depends only on the state after epoch ``e - 1``, ``key``
-and ``e``: resuming from a checkpoint at epoch ``e`` reproduces the uninterrupted run bit for bit.
+jitted function: ``jax.random.permutation(fold_in(key, epoch), n)`` shuffles on the device, its
+first ``(n // batch_size) * batch_size`` indices are reshaped to ``(num_batches, batch_size)``
+(the remainder is dropped, different examples each epoch: the order of ``fg.data.batches``), and
+``lax.scan`` runs over those index rows, each step gathering its batch from the device-resident
+set and applying the optax step, returning the loss (and aux metrics) of every step. Gathering
+per step rather than materialising the shuffled epoch saves writing and re-reading a copy of the
+data set (about 30% of an MLP epoch on CPU). Epoch ``e`` depends only on the state after epoch
+``e - 1``, ``key`` and ``e``: resuming from a checkpoint at epoch ``e`` reproduces the
+uninterrupted run bit for bit.
 
 Gradients come from ``jax.value_and_grad`` (``grad_engine="jax"``) or from funcgrad's hand-written
 VJP interpreter (``grad_engine="funcgrad"``); either way the whole step compiles to one XLA program.
@@ -27,11 +30,13 @@ at the first non-finite loss or parameter, and :class:`TrainingDivergedError` is
 epoch, the step and the first non-finite parameter leaf, carrying the last finite params and
 optimizer state (and saving them next to the checkpoint when ``checkpoint_path`` is given).
 
-Many devices: with ``mesh``, params and optimizer state are replicated and each epoch's batches
-are sharded over the mesh's data axis (layout ``P(None, "data")`` on ``(num_batches, batch, ...)``);
-the training set itself is replicated, so every device shuffles with the same global permutation
-and the sharded run sees exactly the batches of the single-device run (only reduction order
-differs). jit inserts the gradient all-reduce; there is no hand-written collective.
+Many devices: with ``mesh``, params and optimizer state are replicated and every batch is
+sharded over the mesh's data axis (the index rows as ``P(None, "data")`` on
+``(num_batches, batch)``, each gathered batch as ``P("data")``: each device gathers and processes
+its slice of every batch). The training set itself is replicated, so every device shuffles with
+the same global permutation and the sharded run sees exactly the batches of the single-device run
+(only reduction order differs). jit inserts the gradient all-reduce; there is no hand-written
+collective.
 """
 
 from __future__ import annotations
@@ -54,7 +59,6 @@ from jax.sharding import PartitionSpec as P
 
 from funcgrad import checkpoint, losses
 from funcgrad._paths import leaf_paths
-from funcgrad.data.batching import batches
 from funcgrad.progress import ProgressBar
 
 __all__ = [
@@ -308,10 +312,11 @@ class _Programs:
         self.progress: ProgressBar | None = None  # the current fit's bar, read by _report
         self._compiled: dict[Any, Any] = {}
         if mesh is None:
-            self.batch_sharding = None
+            self.batch_sharding = self.example_sharding = None
             jit = jax.jit
         else:
             self.batch_sharding = NamedSharding(mesh, P(None, data_axis))
+            self.example_sharding = NamedSharding(mesh, P(data_axis))
             jit = functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
         self.epoch = jit(functools.partial(self._epoch, checked=False))
         self.checked_epoch = jit(functools.partial(self._epoch, checked=True))
@@ -324,11 +329,25 @@ class _Programs:
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, aux, grads
 
-    def _batches(self, key: jax.Array, x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
-        xb, yb = batches(key, x, y, self.batch_size)
+    def _order(self, key: jax.Array, n: int) -> jax.Array:
+        """The epoch's example indices as ``(num_batches, batch_size)``: the order of
+        ``fg.data.batches(key, ...)``, remainder dropped, sharded over the batch axis."""
+        steps = n // self.batch_size
+        order = jax.random.permutation(key, n)[: steps * self.batch_size]
+        order = order.reshape(steps, self.batch_size)
         if self.batch_sharding is not None:
-            xb = lax.with_sharding_constraint(xb, self.batch_sharding)
-            yb = lax.with_sharding_constraint(yb, self.batch_sharding)
+            order = lax.with_sharding_constraint(order, self.batch_sharding)
+        return order
+
+    def _batch(self, x: jax.Array, y: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
+        # Gathered step by step from the device-resident set: no (num_batches, batch, ...) copy
+        # of the epoch is written and read back (about 30% faster for the MNIST MLP on CPU).
+        # Under a mesh each device gathers the rows of its own shard of ``index``.
+        xb = jnp.take(x, index, axis=0, mode="clip")
+        yb = jnp.take(y, index, axis=0, mode="clip")
+        if self.example_sharding is not None:
+            xb = lax.with_sharding_constraint(xb, self.example_sharding)
+            yb = lax.with_sharding_constraint(yb, self.example_sharding)
         return xb, yb
 
     def _epoch(
@@ -348,12 +367,13 @@ class _Programs:
         Checked: stops updating at the first step whose loss or new params are non-finite and
         returns that step's index (-1 if none), the params and state from just before it.
         """
-        xb, yb = self._batches(key, x, y)
-        num_steps = xb.shape[0]
+        order = self._order(key, x.shape[0])
+        num_steps = order.shape[0]
         every = max(1, num_steps // 50)
 
-        def body(carry: tuple, batch: tuple) -> tuple:
+        def body(carry: tuple, index: jax.Array) -> tuple:
             params, opt_state, bad, i = carry
+            batch = self._batch(x, y, index)
             new_params, new_state, loss, aux, _ = self._step(params, opt_state, *batch)
             if checked:
                 ok = jnp.isfinite(loss) & _all_finite(new_params) & (bad < 0)
@@ -373,7 +393,7 @@ class _Programs:
             return (new_params, new_state, bad, i + 1), (loss, aux)
 
         init = (params, opt_state, jnp.int32(-1), jnp.int32(0))
-        (params, opt_state, bad, _), (step_losses, step_aux) = lax.scan(body, init, (xb, yb))
+        (params, opt_state, bad, _), (step_losses, step_aux) = lax.scan(body, init, order)
         finite = jnp.all(jnp.isfinite(step_losses)) & _all_finite(params)
         return params, opt_state, step_losses, step_aux, finite, bad
 
@@ -396,8 +416,8 @@ class _Programs:
         self, params: Any, opt_state: Any, key: jax.Array, x: jax.Array, y: jax.Array, step: Any
     ) -> tuple:
         """Re-run step ``step`` of the epoch from the given state: (loss, finite per leaf)."""
-        xb, yb = self._batches(key, x, y)
-        new_params, _, loss, _, grads = self._step(params, opt_state, xb[step], yb[step])
+        batch = self._batch(x, y, self._order(key, x.shape[0])[step])
+        new_params, _, loss, _, grads = self._step(params, opt_state, *batch)
         finite = jax.tree_util.tree_map(lambda a: jnp.all(jnp.isfinite(a)), (new_params, grads))
         return loss, finite
 
