@@ -417,6 +417,18 @@ def test_tags_inside_jit_are_found_and_bad_names_are_refused():
         jax_tag_cotangents(in_scan, x, names=["step"])
 
 
+def test_a_tag_on_the_data_path_gets_its_cotangent_too():
+    def f(w, x):
+        z = fg.tag(x * 2.0, "z")  # depends on x only, not on the differentiated w
+        return jnp.sum(jnp.tanh(z) @ w)
+
+    z = X * 2.0
+    dz = (1 - jnp.tanh(z) ** 2) * jnp.sum(W_SMALL, axis=1)
+    report = fg.compare_grads(f, W_SMALL, X, intermediates={"z": dz})
+    assert report.ok, report
+    assert report.row("tag:z", "fg~jax")["maxabs"] < 1e-6
+
+
 def test_an_intermediate_of_the_wrong_shape_is_an_error():
     with pytest.raises(ValueError, match=r"intermediates\['h'\] has shape \(4, 8\)"):
         fg.compare_grads(loss, PARAMS, X, Y, intermediates={"h": manual_dh(PARAMS, X, Y).T})

@@ -34,11 +34,25 @@ NaN on either side (or both) is a mismatch: a NaN gradient is never "equal" to a
     complex64   1e-5    1e-6    |
 
 Two analytic gradients of the same function differ only by rounding (a few ULPs, more after
-long sums), hence the tight defaults. A finite difference with step ``h = cbrt(eps)·max(1,|x|)``
-is good to about ``eps^(2/3)`` (float32: 1e-3 at best), hence the loose ones; the fd atol is
-also raised to ``10·eps^(2/3)·|f(x)|`` when the loss is large, the rounding noise of
-``f(x ± h)``. Prefer float64 for finite differences (``jax.enable_x64``): in float32 the report
-says so. See :mod:`funcgrad.finite_diff` for which elements are probed in large leaves.
+long sums), hence the tight defaults. Finite differences (:mod:`funcgrad.finite_diff`: steps
+``h = cbrt(eps)·max(1,|x|)`` and h/2, Richardson-extrapolated) carry the rounding noise of
+``f(x ± h)`` divided by h, about 1e-4 in float32, hence the loose ones; the fd atol is raised to
+``10·eps^(2/3)·|f(x)|`` when the loss is large, and the report says so. Prefer float64 for
+finite differences: run with ``jax.enable_x64`` and float64 inputs, or pass
+``fd_dtype="float64"`` to evaluate them in float64 whatever the gradients' dtype; when they run
+in float32 the report says they only catch gross errors.
+
+A probe whose step straddles a kink of ``fun`` (a ReLU or a max switching) measures no
+derivative at ``x``: estimates with steps h and h/2 and from either side disagree there, so it
+is skipped and counted in the row's note (the test reads ``fun`` alone: no gradient, right or
+wrong, decides it). A leaf where every probe straddles a kink is *inconclusive*, not a
+mismatch. Leaves larger than ``fd_elements`` are probed at that many random elements plus one
+random direction ``v`` (compared as ``<g, v>``), and the row says so.
+
+**The report.** ``str(report)`` is an aligned table, one line per (leaf, pair) grouped under the
+leaf; ``report.to_string("wide")`` one line per leaf with a column per pair; in a notebook the
+HTML table has one row per leaf with a column group per pair, failing rows in red.
+``report.rows`` is the same as plain data, ``report.ok`` (and ``bool(report)``) the verdict.
 
 **Intermediates.** Mark a value inside ``fun`` with ``fg.tag(z, "logits")`` and pass
 ``intermediates={"logits": dlogits}``: the report then has ``tag:logits`` rows comparing your
@@ -49,6 +63,7 @@ zero ``δ`` added at the tag, ``∂loss/∂δ``.
 
 from __future__ import annotations
 
+import functools
 import html
 import inspect
 import json
@@ -850,13 +865,14 @@ def compare_grads(
     ``rtol``/``atol`` override the per-dtype defaults (:data:`TOLERANCES`) for analytic pairs,
     ``fd_rtol``/``fd_atol`` for finite differences (:data:`FD_TOLERANCES`). ``intermediates``
     maps ``fg.tag`` names to hand-derived cotangents of those values (``tag:<name>`` rows, vs
-    funcgrad's and JAX's). ``fd_elements`` is the per-leaf budget of probed elements, ``seed``
-    picks them. ``fd_dtype="float64"`` evaluates the finite differences with every float
-    argument cast to float64 (x64 enabled for the duration), the one precision in which they
-    check more than gross errors, whatever the gradients' dtype; by default they run in the
-    arguments' dtype. ``jit=True`` compiles each gradient with ``jax.jit`` (fewer, larger
-    compilations: faster for big models; ``fun`` and the references must then be jittable in
-    every argument); finite differences are always compiled.
+    funcgrad's and JAX's; finite differences are for arguments only). ``fd_elements`` is the
+    per-leaf budget of probed elements, ``seed`` picks them. ``fd_dtype="float64"`` evaluates
+    the finite differences with every float argument cast to float64 (x64 enabled for the
+    duration), the one precision in which they check more than gross errors, whatever the
+    gradients' dtype; by default they run in the arguments' dtype. ``jit=True`` compiles each
+    gradient with ``jax.jit`` (fewer, larger compilations: faster for big models; ``fun`` and
+    the references must then be jittable in every argument); finite differences are always
+    compiled.
 
     Raises ``ValueError`` listing the paths (and shapes) that differ when an engine returns a
     different structure, and whatever ``fg.grad`` raises (``fg.UnsupportedPrimitiveError``).
@@ -1011,21 +1027,32 @@ def _intermediate_rows(
     jit: bool,
 ) -> list[dict[str, Any]]:
     from funcgrad.interpret import trace as fg_trace
+    from funcgrad.interpret.api import lookup
 
     names = list(intermediates)
-    # Every float argument is differentiated, so every tag that depends on one gets a cotangent
-    # (a tag on the data path only would otherwise read as zero).
-    trace_nums = tuple(sorted(set(nums) | set(_float_array_args(args))))
+    inactive: set[str] = set()
 
-    def fg_cotangents(*args: Any) -> dict[str, Any]:
+    def fg_cotangents(trace_nums: tuple[int, ...], *args: Any) -> dict[str, Any]:
         tr = fg_trace(fun, *args, argnums=trace_nums)
+        for n in names:  # static facts, recorded while tracing
+            owner, var = lookup(tr, n)
+            if var not in owner.active:
+                inactive.add(n)
         return {n: tr.cotangent(n) for n in names}
 
-    if jit:
-        fg_cotangents = jax.jit(fg_cotangents)
+    def fg_run(trace_nums: tuple[int, ...]) -> dict[str, Any]:
+        f = functools.partial(fg_cotangents, trace_nums)
+        return (jax.jit(f) if jit else f)(*args)
+
+    fg_cts = fg_run(nums)
+    if inactive:
+        # A tag that does not depend on the differentiated arguments gets no cotangent from
+        # funcgrad; differentiate every float argument so that it does.
+        inactive.clear()
+        fg_cts = fg_run(tuple(sorted(set(nums) | set(_float_array_args(args)))))
     jax_cts = jax_tag_cotangents(fun, *args, names=names, jit=jit)
     cts = {
-        "funcgrad": {k: np.asarray(v) for k, v in fg_cotangents(*args).items()},
+        "funcgrad": {k: np.asarray(v) for k, v in fg_cts.items()},
         "jax": {k: np.asarray(v) for k, v in jax_cts.items()},
         "manual": {},
     }
