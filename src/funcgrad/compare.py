@@ -943,7 +943,7 @@ def compare_grads(
                 f"fd: atol raised to {noise_floor:.2g} = 10·eps^(2/3)·|f(x)|, the rounding noise "
                 f"of the estimates for |f(x)| = {abs(fd_probe.value):.3g}"
             )
-        if fd_dtype is not None:
+        if fd_dtype is not None and any(r["dtype"] != str(fd_probe.dtype) for r in rows):
             notes.append(
                 f"fd: evaluated in {fd_probe.dtype}, every float argument cast to it; the fd "
                 "tolerance is that of the gradients' dtype"
