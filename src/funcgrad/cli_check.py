@@ -6,8 +6,13 @@ and central finite differences, and the :class:`~funcgrad.compare.GradReport` is
 exit status is 0 when every comparison is within tolerance and 1 otherwise (a mismatch, or an
 error such as an unsupported primitive, which is printed as one line).
 
+The gradients run in float32, or in float64 with ``--x64``. The finite differences always run
+in float64 (the float32 arguments cast exactly): in float32 they only catch gross errors, and a
+ReLU or max-pool kink lies within almost every float32 step of the CNN.
+
     funcgrad check --model mlp          # the 784-100-100-10 MLP, every intermediate too
-    funcgrad check --model all --x64    # everything, in float64 (sharper finite differences)
+    funcgrad check --model all --x64    # everything, in float64
+    funcgrad check --model cnn --wide   # one line per leaf, a column per pair
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", choices=(*MODELS, "all"), default="all", help="which model to check (all)"
     )
     parser.add_argument(
-        "--x64", action="store_true", help="run in float64: finite differences to ~1e-9, not ~1e-3"
+        "--x64", action="store_true", help="run the gradients in float64 (default float32)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed for params, data, fd probes")
     parser.add_argument(
