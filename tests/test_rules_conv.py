@@ -25,6 +25,7 @@ from jax import lax
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import funcgrad as fg
+from funcgrad.interpret.rules import window as window_rules
 from funcgrad.models import cnn, layers
 
 
@@ -417,6 +418,58 @@ def test_grad_of_jvp_of_max_pool_with_base_dilation():
         return jnp.sum(jax.jvp(pool, (x,), (t,))[1] * c)
 
     assert_exactly(jax.jit(fg.grad(tangent_pairing))(x), jax.jit(jax.grad(tangent_pairing))(x))
+
+
+@pytest.mark.parametrize("window,stride,padding", [((2,), (2,), ((0, 0),)), ((3,), (1,), ((1, 1),)),
+                                                   ((3,), (2,), ((2, 1),))],
+                         ids=["2-stride2", "3-stride1-padded", "3-stride2-padded"])
+def test_select_and_star_with_all_minus_inf_windows_as_jax(window, stride, padding):
+    """Where every element of a window is -inf, select-and-scatter routes to the first one but
+    JAX's transpose (select_and_gather_add, a reduction from the init -inf) gathers 0 there;
+    funcgrad follows JAX in both directions."""
+    x = jnp.array([-np.inf, -np.inf, 1.0, np.nan, -np.inf, -np.inf, 2.0, 2.0])
+
+    def pool(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, window, stride, padding)
+
+    c, c2 = jnp.arange(1.0, 1.0 + pool(x).shape[0]), jnp.arange(1.0, 9.0)
+
+    def grad_pairing(s):
+        return jnp.sum(jax.grad(lambda x: jnp.sum(pool(x) * c * s))(x) * c2)
+
+    def tangent_pairing(t):
+        return jnp.sum(jax.jvp(pool, (x,), (t,))[1] * c)
+
+    assert_exactly(fg.grad(grad_pairing)(1.5), jax.grad(grad_pairing)(1.5))
+    assert_exactly(fg.grad(tangent_pairing)(c2), jax.grad(tangent_pairing)(c2))
+
+
+@pytest.mark.parametrize("reducer", ["max", "min"])
+def test_large_windows_use_select_and_scatter(reducer):
+    """Windows of more than MAX_UNROLLED_WINDOW cells (global pooling) emit XLA's
+    select-and-scatter, as jax.grad does, instead of one slice per cell: same gradients,
+    first and second order."""
+    init, op = REDUCERS[reducer]
+    dims, strides, padding, base = (1, 9, 8, 1), (1, 2, 3, 1), ((0, 0), (2, 1), (1, 2), (0, 0)), (
+        1, 2, 2, 1)
+    assert np.prod(dims) > window_rules.MAX_UNROLLED_WINDOW
+
+    def pool(x):
+        return lax.reduce_window(x, init, op, dims, strides, padding, base)
+
+    x = randint(30, 1, 6, 7, 2)
+    loss = weighted_sum(pool, integer_weights=True)
+    assert_uses("select_and_scatter_add", fg.grad(loss), x)
+    assert_exactly(jax.jit(fg.grad(loss))(x), jax.jit(jax.grad(loss))(x))
+    c2 = randint(31, *x.shape)
+
+    def second(s):  # fg.grad through the select_and_scatter_add rule
+        return jnp.sum(fg.grad(lambda x: loss(x * s))(x) * c2)
+
+    def second_jax(s):
+        return jnp.sum(jax.grad(lambda x: loss(x * s))(x) * c2)
+
+    assert_exactly(jax.jit(fg.grad(second))(1.5), jax.jit(jax.grad(second_jax))(1.5))
 
 
 # ---- models, vmap, second order ------------------------------------------------------------
