@@ -398,9 +398,10 @@ def _gradients(t: _Tour, sec: Section) -> None:
         "`fg.compare_grads` computes each gradient with funcgrad's interpreter (`fg`), "
         "`jax.grad` (`jax`), the hand-derived formulas of `funcgrad.manual` (`manual`) and "
         "central finite differences (`fd`), and compares each with `jax.grad`, leaf by leaf, in "
-        "float64. `exact` means bit-identical; `close` means within the tolerance printed under "
-        "each table. `tag:` rows compare intermediate gradients (marked with `fg.tag`) with the "
-        "textbook's: the δ-terms of XOR, every step of the MLP's backward pass."
+        "float64. `exact` means equal values (-0.0 equals +0.0); `close` means within the "
+        "tolerance printed under each table. `tag:` rows compare intermediate gradients "
+        "(marked with `fg.tag`) with the textbook's: the δ-terms of XOR, every step of the "
+        "MLP's backward pass."
     )
     with jax.enable_x64(True):
         for name, case in _grad_cases(t).items():

@@ -69,6 +69,7 @@ pre { background: #f6f8fa; padding: 0.7em 1em; overflow-x: auto; font-size: 0.85
 .note.error { border-color: #c62828; background: #fdecea; }
 .gradreport table { font-size: 0.85em; }
 .gradreport td.ok { color: #070; } .gradreport td.bad { color: #b00; font-weight: bold; }
+.gradreport td.muted { color: #777; }
 details { margin: 0.3em 0 1.5em; } details > div { overflow-x: auto; }
 summary { cursor: pointer; color: #555; }
 .gradreport .fail td { background: #fde8e8; }
@@ -137,6 +138,8 @@ def _pair_cell(row: Mapping[str, Any]) -> str:
         return f'<td class="bad">{_esc(f"FAIL {rel}".strip())}</td>'
     if row.get("exact"):
         return '<td class="ok">exact</td>'
+    if row.get("close") is None:  # e.g. finite differences that only crossed kinks
+        return '<td class="muted">inconclusive</td>'
     return f'<td class="ok">{_esc(f"close {rel}".strip())}</td>'
 
 
