@@ -277,8 +277,10 @@ def reduce_window_max_vjp(
 ):
     """d max-pool: each window's ct goes to its first maximal element; overlaps add up.
 
-    On CPU this is much faster than the select-and-scatter jax.grad emits: the jitted VJP of a
-    2x2/stride-2 max-pool of a (128, 28, 28, 32) f32 batch takes ~2-5 ms against ~100 ms.
+    On CPU this is much faster than the select-and-scatter jax.grad emits. Jitted gradient of
+    a max-pool of a (128, 28, 28, 32) f32 batch, median of 20 (2 shared cores): 2x2/stride 2
+    2.4 ms vs 69 ms for jax.grad; 3x3/stride 1 SAME 22 ms vs 249 ms; 3x3/stride 2 SAME 18 ms
+    vs 99 ms.
     """
     params = dict(
         window_dimensions=window_dimensions,
