@@ -85,9 +85,20 @@ def _spatial(shape, spec):
 
 
 def _conv_input_ct(
-    ct, w, x_shape, *, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-    feature_group_count, batch_group_count, precision, preferred_element_type,
-):  # fmt: skip
+    ct,
+    w,
+    x_shape,
+    *,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+):
     """dx = conv(ct, rev(w)) with the roles of the strides and dilations exchanged."""
     lhs_spec, rhs_spec, out_spec = dimension_numbers
     groups = max(feature_group_count, batch_group_count)
@@ -97,9 +108,14 @@ def _conv_input_ct(
     if w.dtype != ct.dtype:
         w = lax.convert_element_type(w, ct.dtype)
     pads = _input_ct_padding(
-        _spatial(x_shape, lhs_spec), _spatial(np.shape(w), rhs_spec), _spatial(ct.shape, out_spec),
-        window_strides, padding, lhs_dilation, rhs_dilation,
-    )  # fmt: skip
+        _spatial(x_shape, lhs_spec),
+        _spatial(np.shape(w), rhs_spec),
+        _spatial(ct.shape, out_spec),
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+    )
     dx = lax.conv_general_dilated(
         ct,
         w,
@@ -119,17 +135,33 @@ def _conv_input_ct(
 
 
 def _conv_kernel_ct(
-    ct, x, w_shape, *, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-    feature_group_count, batch_group_count, precision, preferred_element_type,
-):  # fmt: skip
+    ct,
+    x,
+    w_shape,
+    *,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision,
+    preferred_element_type,
+):
     """dw = conv(x, ct): x's batch is contracted, ct is the kernel, strides become dilation."""
     lhs_spec, rhs_spec, out_spec = dimension_numbers
     if x.dtype != ct.dtype:
         x = lax.convert_element_type(x, ct.dtype)
     pads = _kernel_ct_padding(
-        _spatial(np.shape(x), lhs_spec), _spatial(w_shape, rhs_spec), _spatial(ct.shape, out_spec),
-        window_strides, padding, lhs_dilation, rhs_dilation,
-    )  # fmt: skip
+        _spatial(np.shape(x), lhs_spec),
+        _spatial(w_shape, rhs_spec),
+        _spatial(ct.shape, out_spec),
+        window_strides,
+        padding,
+        lhs_dilation,
+        rhs_dilation,
+    )
     return lax.conv_general_dilated(
         x,
         ct,
@@ -149,9 +181,21 @@ def _conv_kernel_ct(
 
 @vjp_rule(lax.conv_general_dilated_p)
 def conv_general_dilated_vjp(
-    ct, x, w, *, needs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-    feature_group_count, batch_group_count, precision=None, preferred_element_type=None,
-):  # fmt: skip
+    ct,
+    x,
+    w,
+    *,
+    needs,
+    window_strides,
+    padding,
+    lhs_dilation,
+    rhs_dilation,
+    dimension_numbers,
+    feature_group_count,
+    batch_group_count,
+    precision=None,
+    preferred_element_type=None,
+):
     """d conv(x, w) = (conv(ct, rev(w)) with strides <-> lhs dilation, conv(x, ct) with
     strides <-> rhs dilation); see the module docstring for the derivation."""
     if np.size(ct) == 0:  # an empty output depends on nothing
