@@ -223,6 +223,34 @@ def test_eval_counts_every_example_including_a_short_last_batch(moons):
     assert metrics["accuracy"] == pytest.approx(float(expected_aux["accuracy"]), abs=1e-6)
 
 
+def test_one_hot_labels_and_a_custom_eval_fn():
+    x, y = fg.data.xor(jax.random.key(0), 200)
+    one_hot = jax.nn.one_hot(y, 2)
+    loss_fn = train.classifier_loss(mlp.apply)  # (batch, 2) logits, one-hot labels: softmax CE
+    params = mlp.init(jax.random.key(1), [2, 8, 2])
+    expected = float(fg.losses.softmax_cross_entropy(mlp.apply(params, x), y))
+    assert float(loss_fn(params, x, one_hot)[0]) == pytest.approx(expected, rel=1e-6)
+
+    def errors(p, xb, yb):
+        return {"error": 1.0 - loss_fn(p, xb, yb)[1]["accuracy"]}
+
+    _, history = train.fit(
+        loss_fn,
+        params,
+        (x, one_hot),
+        optimizer=optax.adam(3e-2),
+        epochs=10,
+        batch_size=20,
+        key=jax.random.key(2),
+        has_aux=True,
+        eval_data=(x, one_hot),
+        eval_fn=errors,
+    )
+    assert list(history) == ["loss", "accuracy", "eval_error", "epoch_time", "wall_time"]
+    assert history["eval_error"][-1] == pytest.approx(1 - history["accuracy"][-1], abs=0.1)
+    assert history["eval_error"][-1] < 0.1
+
+
 def test_print_epochs_writes_one_line_per_epoch(capsys):
     x, y = fg.data.linear_regression(jax.random.key(0), 64)
     train.fit(

@@ -126,14 +126,15 @@ def classifier_loss(apply_fn: Callable[..., jax.Array], **apply_kwargs: Any) -> 
     """Return ``loss_fn(params, x, y) -> (loss, {"accuracy": acc})`` for ``fit(has_aux=True)``.
 
     ``apply_fn(params, x, **apply_kwargs)`` gives logits. With ``(batch, classes)`` logits and
-    integer labels the loss is softmax cross-entropy; with one logit per example (``(batch, 1)``
-    or ``(batch,)``) and 0/1 labels it is sigmoid binary cross-entropy. Both are batch means, and
+    integer labels (or one-hot / probability labels ``(batch, classes)``) the loss is softmax
+    cross-entropy; with one logit per example (``(batch, 1)`` or ``(batch,)``) and 0/1 labels it
+    is sigmoid binary cross-entropy. Both are batch means, and
     so is the accuracy.
     """
 
     def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
         logits = apply_fn(params, x, **apply_kwargs)
-        if logits.ndim >= 1 and (logits.ndim == y.ndim or logits.shape[-1] == 1):
+        if logits.ndim == 1 or logits.shape[-1] == 1:  # one logit per example: binary
             logits = logits.reshape(y.shape)
             loss = losses.sigmoid_binary_cross_entropy(logits, y.astype(logits.dtype))
         else:
@@ -607,8 +608,10 @@ def fit(
       eval_batch_size: batch size for evaluation (default ``batch_size``).
       callbacks: called after every epoch as ``callback(state)`` with ``state`` a dict of
         ``epoch`` (0-based index of the epoch just finished), ``epochs``, ``step`` (optimizer
-        steps so far), ``params``, ``opt_state``, ``history`` and ``step_losses`` (NumPy, this
-        epoch). A callback returning True stops training after this epoch.
+        steps so far), ``params``, ``opt_state``, ``history`` (the dict ``fit`` keeps filling)
+        and ``step_losses`` (NumPy, this epoch). A callback returning True stops training after
+        this epoch. Typical uses: printing (:func:`print_epochs`), animation frames
+        (``frames.append(state["params"])``), early stopping.
       mesh: a ``jax.sharding.Mesh`` with axis ``data_axis``: batches are sharded over it, params
         and optimizer state replicated. Works the same across hosts after
         ``jax.distributed.initialize()`` (every process passes the same data and key).
@@ -720,8 +723,6 @@ def fit(
     programs.progress = bar
 
     history: dict[str, list[float]] = {"loss": [], **{k: [] for k in aux_names}}
-    if eval_data is not None:
-        history["eval_loss"] = []
     history.update(epoch_time=[], wall_time=[])
 
     params = _replicate(params, mesh)
@@ -768,10 +769,9 @@ def fit(
             for name in aux_names:
                 history[name].append(float(np.asarray(step_aux[name]).mean()))
             if eval_arrays is not None:
-                for name, value in _evaluate(
-                    programs, params, eval_arrays, eval_batch_size
-                ).items():
-                    history.setdefault(f"eval_{name}", []).append(value)
+                results = _evaluate(programs, params, eval_arrays, eval_batch_size)
+                for name in sorted(results, key=lambda k: (k != "loss", k)):  # loss first
+                    history.setdefault(f"eval_{name}", []).append(results[name])
             history["epoch_time"].append(epoch_time)
             history["wall_time"].append(wall_offset + time.perf_counter() - start)
             # Keep the time columns last, so printed and tabulated histories read naturally.
@@ -796,6 +796,7 @@ def fit(
             if any([cb(state) is True for cb in callbacks]):
                 break
     finally:
+        programs.progress = None
         if bar is not None:
             bar.close()
     return params, history
@@ -826,6 +827,8 @@ def _save(
     }
     if diverged is not None:
         metadata["diverged"] = diverged
+    if jax.process_index() != 0:
+        return path  # multi-host: the state is replicated, one process writes it
     return checkpoint.save(
         path, params, opt_state=opt_state, step=step, metadata=metadata, extra={"key": key}
     )
