@@ -16,6 +16,8 @@ Models: MLP 784-64-10 (relu) at batch 32 and 128; the CNN conv3x3x32-pool-conv3x
 dense128-dense10 at batch 128 (funcgrad's default ``cnn``, im2col convolutions), plus, for a few
 steps only, the same CNN with XLA's own convolutions (``conv_impl="xla"``) to show why im2col.
 
+The implementations take turns epoch by epoch (round robin: epoch 1 of each, then epoch 2 of
+each, ...), so that load from other users of a shared machine falls on all of them alike.
 Reported per row: epoch time (median of the epochs after the first; compilation excluded),
 examples/s, ratios, wall time to a fixed test accuracy (0.85 MLP, 0.88 CNN) from the start of
 training, compilation and the per-epoch test evaluations included, the final test accuracy, and
@@ -73,10 +75,10 @@ def log(*args: Any) -> None:
 class Run:
     """Per-epoch timings and test accuracies of one implementation on one configuration."""
 
-    def __init__(self, name: str, steps: int, batch: int) -> None:
+    def __init__(self, name: str, examples: int) -> None:
         self.name = name
-        self.examples = steps * batch
-        self.epoch_times: list[float] = []
+        self.examples = examples
+        self.epoch_times: list[float] = []  # training only; epoch 0 includes JAX compilation
         self.accuracies: list[float] = []
         self.elapsed: list[float] = []  # since training started, at each epoch-end evaluation
         self.loads: list[float] = []
@@ -94,6 +96,31 @@ class Run:
             if acc >= target:
                 return t
         return None
+
+
+class Trainer:
+    """One implementation, trained one epoch at a time so that implementations can take turns:
+    ``epoch(e) -> (training seconds, seconds this epoch took in all, test accuracy)``."""
+
+    name = ""
+
+    def epoch(self, e: int) -> tuple[float, float, float]:
+        raise NotImplementedError
+
+
+def round_robin(trainers: list[Trainer], epochs: int, examples: int) -> list[Run]:
+    """Epoch e of every trainer, then epoch e + 1 of every trainer, ...: load from the other
+    users of a shared machine falls on all implementations alike."""
+    runs = [Run(t.name, examples) for t in trainers]
+    for e in range(epochs):
+        for trainer, run in zip(trainers, runs):
+            run.loads.append(load())
+            train_s, total_s, accuracy = trainer.epoch(e)
+            run.epoch_times.append(train_s)
+            run.elapsed.append((run.elapsed[-1] if run.elapsed else 0.0) + total_s)
+            run.accuracies.append(accuracy)
+            log(f"  epoch {e}: {trainer.name}: {train_s:.3f}s, acc {accuracy:.4f}")
+    return runs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,82 +161,99 @@ def model_fn(model: str, **kwargs: Any) -> Callable[..., jax.Array]:
 # JAX: the hand-written reference loop and fit()
 
 
-def bench_plain_jax(model: str, data: tuple, batch: int, epochs: int, **kwargs: Any) -> Run:
-    (x, y), (xt, yt) = shaped(model, data)
-    apply = model_fn(model, **kwargs)
-    optimizer = optax.adam(LR)
+class PlainJax(Trainer):
+    """What a JAX user writes by hand: permute, gather the epoch, lax.scan an optax step."""
 
-    def loss_fn(p: Any, xb: jax.Array, yb: jax.Array) -> jax.Array:
-        logits = apply(p, xb)
-        return optax.losses.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    name = "plain JAX + optax scan"
 
-    n = len(x)
-    steps = n // batch
+    def __init__(self, model: str, data: tuple, batch: int) -> None:
+        (x, y), (xt, yt) = shaped(model, data)
+        apply = model_fn(model)
+        optimizer = optax.adam(LR)
+        n = len(x)
+        steps = n // batch
 
-    @jax.jit
-    def epoch(params: Any, opt_state: Any, key: jax.Array, x: jax.Array, y: jax.Array) -> tuple:
-        perm = jax.random.permutation(key, n)[: steps * batch]
-        xb = x[perm].reshape(steps, batch, *x.shape[1:])
-        yb = y[perm].reshape(steps, batch)
+        def loss_fn(p: Any, xb: jax.Array, yb: jax.Array) -> jax.Array:
+            logits = apply(p, xb)
+            return optax.losses.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
-        def step(carry: tuple, b: tuple) -> tuple:
-            params, opt_state = carry
-            loss, grads = jax.value_and_grad(loss_fn)(params, *b)
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return (optax.apply_updates(params, updates), opt_state), loss
+        @jax.jit
+        def epoch(params: Any, opt_state: Any, key: jax.Array, x: jax.Array, y: jax.Array):
+            perm = jax.random.permutation(key, n)[: steps * batch]
+            xb = x[perm].reshape(steps, batch, *x.shape[1:])
+            yb = y[perm].reshape(steps, batch)
 
-        (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (xb, yb))
-        return params, opt_state, losses
+            def step(carry: tuple, b: tuple) -> tuple:
+                params, opt_state = carry
+                loss, grads = jax.value_and_grad(loss_fn)(params, *b)
+                updates, opt_state = optimizer.update(grads, opt_state, params)
+                return (optax.apply_updates(params, updates), opt_state), loss
 
-    @jax.jit
-    def accuracy(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-        xb = x.reshape(-1, 500, *x.shape[1:])
-        yb = y.reshape(-1, 500)
-        hits = jax.lax.map(lambda b: jnp.sum(jnp.argmax(apply(params, b[0]), -1) == b[1]), (xb, yb))
-        return jnp.sum(hits) / len(y)
+            (params, opt_state), losses = jax.lax.scan(step, (params, opt_state), (xb, yb))
+            return params, opt_state, losses
 
-    run = Run("plain JAX + optax scan", steps, batch)
-    x, y, xt, yt = map(jnp.asarray, (x, y, xt, yt))
-    params = init_params(model)
-    opt_state = optimizer.init(params)
-    key = jax.random.key(1)
-    start = time.perf_counter()
-    for e in range(epochs):
-        run.loads.append(load())
+        @jax.jit
+        def accuracy(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+            xb = x.reshape(-1, 500, *x.shape[1:])
+            yb = y.reshape(-1, 500)
+            hits = jax.lax.map(
+                lambda b: jnp.sum(jnp.argmax(apply(params, b[0]), -1) == b[1]), (xb, yb)
+            )
+            return jnp.sum(hits) / len(y)
+
+        self.run_epoch, self.accuracy = epoch, accuracy
+        self.x, self.y, self.xt, self.yt = map(jnp.asarray, (x, y, xt, yt))
+        self.params = init_params(model)
+        self.opt_state = optimizer.init(self.params)
+        self.key = jax.random.key(1)
+
+    def epoch(self, e: int) -> tuple[float, float, float]:
         t0 = time.perf_counter()
-        params, opt_state, losses = epoch(params, opt_state, jax.random.fold_in(key, e), x, y)
+        self.params, self.opt_state, losses = self.run_epoch(
+            self.params, self.opt_state, jax.random.fold_in(self.key, e), self.x, self.y
+        )
         jax.block_until_ready(losses)
-        if e > 0:  # the first call compiles; its time counts only towards time-to-accuracy
-            run.epoch_times.append(time.perf_counter() - t0)
-        run.accuracies.append(float(accuracy(params, xt, yt)))
-        run.elapsed.append(time.perf_counter() - start)
-    return run
+        train_s = time.perf_counter() - t0
+        accuracy = float(self.accuracy(self.params, self.xt, self.yt))
+        return train_s, time.perf_counter() - t0, accuracy
 
 
-def bench_fit(model: str, data: tuple, batch: int, epochs: int, engine: str) -> Run:
-    (x, y), (xt, yt) = shaped(model, data)
-    apply = mlp.apply if model == "mlp" else cnn.apply
-    run = Run(f"funcgrad fit, {engine} engine", len(x) // batch, batch)
-    loads: list[float] = []
-    _, history = train.fit(
-        train.classifier_loss(apply),
-        init_params(model),
-        (x, y),
-        optimizer=optax.adam(LR),
-        epochs=epochs,
-        batch_size=batch,
-        key=jax.random.key(1),
-        has_aux=True,
-        eval_data=(xt, yt),
-        eval_batch_size=500,
-        grad_engine=engine,
-        callbacks=[lambda state: loads.append(load())],
-    )
-    run.epoch_times = history["epoch_time"]
-    run.accuracies = history["eval_accuracy"]
-    run.elapsed = history["wall_time"]
-    run.loads = loads
-    return run
+class Fit(Trainer):
+    """funcgrad.train.fit, one epoch per call (``initial_epoch``/``opt_state`` carry the run on;
+    the compiled programs are reused, so only the first call compiles)."""
+
+    def __init__(self, model: str, data: tuple, batch: int, engine: str) -> None:
+        self.name = f"funcgrad fit, {engine} engine"
+        (self.x, self.y), (self.xt, self.yt) = shaped(model, data)
+        self.loss_fn = train.classifier_loss(mlp.apply if model == "mlp" else cnn.apply)
+        self.optimizer = optax.adam(LR)
+        self.params = init_params(model)
+        self.opt_state = None
+        self.batch = batch
+        self.engine = engine
+
+    def epoch(self, e: int) -> tuple[float, float, float]:
+        states = []
+        self.params, history = train.fit(
+            self.loss_fn,
+            self.params,
+            (self.x, self.y),
+            optimizer=self.optimizer,
+            epochs=e + 1,
+            initial_epoch=e,
+            opt_state=self.opt_state,
+            batch_size=self.batch,
+            key=jax.random.key(1),
+            has_aux=True,
+            eval_data=(self.xt, self.yt),
+            eval_batch_size=500,
+            grad_engine=self.engine,
+            callbacks=[states.append],
+        )
+        self.opt_state = states[-1]["opt_state"]
+        # wall_time: from the start of training (after the data is placed on the device),
+        # compilation (first call) and the test evaluation included.
+        return history["epoch_time"][-1], history["wall_time"][-1], history["eval_accuracy"][-1]
 
 
 def bench_xla_conv_steps(data: tuple, batch: int, steps: int = 4) -> Run:
@@ -236,7 +280,7 @@ def bench_xla_conv_steps(data: tuple, batch: int, steps: int = 4) -> Run:
     params = init_params("cnn")
     opt_state = optimizer.init(params)
     jax.block_until_ready(run_steps(params, opt_state, xb, yb))  # compile
-    run = Run("plain JAX, XLA conv + reduce_window", len(x) // batch, batch)
+    run = Run("plain JAX, XLA conv + reduce_window", (len(x) // batch) * batch)
     for _ in range(2):
         run.loads.append(load())
         t0 = time.perf_counter()
@@ -250,27 +294,36 @@ def bench_xla_conv_steps(data: tuple, batch: int, steps: int = 4) -> Run:
 # NumPy: hand-written backprop and Adam
 
 
-def bench_numpy_mlp(data: tuple, batch: int, epochs: int) -> Run:
-    (x, y), (xt, yt) = shaped("mlp", data)
-    params = jax.tree.map(np.array, init_params("mlp"))
-    w1, b1 = params["layers"][0]["W"], params["layers"][0]["b"]
-    w2, b2 = params["layers"][1]["W"], params["layers"][1]["b"]
-    theta = [w1, b1, w2, b2]
-    m = [np.zeros_like(p) for p in theta]
-    v = [np.zeros_like(p) for p in theta]
-    beta1, beta2, eps = 0.9, 0.999, 1e-8
-    rng = np.random.default_rng(1)
-    n = len(x)
-    steps = n // batch
-    eye = np.eye(10, dtype=np.float32)
-    run = Run("NumPy hand-written backprop", steps, batch)
-    t = 0
-    start = time.perf_counter()
-    for _ in range(epochs):
-        run.loads.append(load())
+class NumpyMLP(Trainer):
+    """The MLP with hand-written backprop and Adam in NumPy (float32, BLAS matmuls)."""
+
+    name = "NumPy hand-written backprop"
+
+    def __init__(self, data: tuple, batch: int) -> None:
+        (self.x, self.y), (self.xt, self.yt) = shaped("mlp", data)
+        params = jax.tree.map(np.array, init_params("mlp"))
+        self.theta = [
+            params["layers"][0]["W"],
+            params["layers"][0]["b"],
+            params["layers"][1]["W"],
+            params["layers"][1]["b"],
+        ]
+        self.m = [np.zeros_like(p) for p in self.theta]
+        self.v = [np.zeros_like(p) for p in self.theta]
+        self.rng = np.random.default_rng(1)
+        self.batch = batch
+        self.t = 0
+        self.eye = np.eye(10, dtype=np.float32)
+
+    def epoch(self, e: int) -> tuple[float, float, float]:
+        w1, b1, w2, b2 = self.theta
+        beta1, beta2, eps = 0.9, 0.999, 1e-8
+        batch = self.batch
+        n = len(self.x)
+        steps = n // batch
         t0 = time.perf_counter()
-        perm = rng.permutation(n)[: steps * batch]
-        xs, ys = x[perm], y[perm]
+        perm = self.rng.permutation(n)[: steps * batch]
+        xs, ys = self.x[perm], self.y[perm]
         for i in range(steps):
             xb, yb = xs[i * batch : (i + 1) * batch], ys[i * batch : (i + 1) * batch]
             h = xb @ w1 + b1
@@ -279,78 +332,82 @@ def bench_numpy_mlp(data: tuple, batch: int, epochs: int) -> Run:
             logits -= logits.max(axis=1, keepdims=True)
             p = np.exp(logits)
             p /= p.sum(axis=1, keepdims=True)
-            d_logits = (p - eye[yb]) / batch  # d mean CE / d logits = (softmax - onehot) / B
+            d_logits = (p - self.eye[yb]) / batch  # d mean CE / d logits = (softmax - onehot)/B
             g_w2 = h.T @ d_logits
             g_b2 = d_logits.sum(axis=0)
             d_h = (d_logits @ w2.T) * (h > 0)
             g_w1 = xb.T @ d_h
             g_b1 = d_h.sum(axis=0)
-            t += 1
-            c1, c2 = 1 - beta1**t, 1 - beta2**t
-            for p_, g, m_, v_ in zip(theta, (g_w1, g_b1, g_w2, g_b2), m, v):
+            self.t += 1
+            c1, c2 = 1 - beta1**self.t, 1 - beta2**self.t
+            for p_, g, m_, v_ in zip(self.theta, (g_w1, g_b1, g_w2, g_b2), self.m, self.v):
                 m_ *= beta1
                 m_ += (1 - beta1) * g
                 v_ *= beta2
                 v_ += (1 - beta2) * g * g
                 p_ -= LR * (m_ / c1) / (np.sqrt(v_ / c2) + eps)
-        run.epoch_times.append(time.perf_counter() - t0)
-        predictions = (np.maximum(xt @ w1 + b1, 0) @ w2 + b2).argmax(axis=1)
-        run.accuracies.append(float((predictions == yt).mean()))
-        run.elapsed.append(time.perf_counter() - start)
-    return run
+        train_s = time.perf_counter() - t0
+        predictions = (np.maximum(self.xt @ w1 + b1, 0) @ w2 + b2).argmax(axis=1)
+        return train_s, time.perf_counter() - t0, float((predictions == self.yt).mean())
 
 
 # ---------------------------------------------------------------------------------------------
 # PyTorch eager
 
 
-def bench_torch(model: str, data: tuple, batch: int, epochs: int) -> Run:
-    import torch
-    from torch import nn
+class Torch(Trainer):
+    """The usual PyTorch loop: randperm, slices, zero_grad, backward, Adam step."""
 
-    torch.set_num_threads(2)
-    torch.manual_seed(0)
-    (x, y), (xt, yt) = shaped(model, data)
-    if model == "mlp":
-        net = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-    else:
-        x, xt = x.transpose(0, 3, 1, 2), xt.transpose(0, 3, 1, 2)  # NCHW
-        net = nn.Sequential(
-            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(7 * 7 * 64, 128), nn.ReLU(), nn.Linear(128, 10),
-        )  # fmt: skip
-    x, y, xt, yt = (torch.from_numpy(np.ascontiguousarray(a)) for a in (x, y, xt, yt))
-    y, yt = y.long(), yt.long()
-    optimizer = torch.optim.Adam(net.parameters(), lr=LR)
-    loss_fn = nn.CrossEntropyLoss()
-    n = len(x)
-    steps = n // batch
-    run = Run(f"PyTorch {torch.__version__} eager", steps, batch)
-    generator = torch.Generator().manual_seed(1)
-    start = time.perf_counter()
-    for _ in range(epochs):
-        run.loads.append(load())
+    def __init__(self, model: str, data: tuple, batch: int) -> None:
+        import torch
+        from torch import nn
+
+        torch.set_num_threads(2)
+        torch.manual_seed(0)
+        self.torch = torch
+        self.name = f"PyTorch {torch.__version__} eager"
+        (x, y), (xt, yt) = shaped(model, data)
+        if model == "mlp":
+            net = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+        else:
+            x, xt = x.transpose(0, 3, 1, 2), xt.transpose(0, 3, 1, 2)  # NCHW
+            net = nn.Sequential(
+                nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                nn.Flatten(), nn.Linear(7 * 7 * 64, 128), nn.ReLU(), nn.Linear(128, 10),
+            )  # fmt: skip
+        self.x, self.y, self.xt, self.yt = (
+            torch.from_numpy(np.ascontiguousarray(a)) for a in (x, y, xt, yt)
+        )
+        self.y, self.yt = self.y.long(), self.yt.long()
+        self.net = net
+        self.optimizer = torch.optim.Adam(net.parameters(), lr=LR)
+        self.loss_fn = nn.CrossEntropyLoss()
+        self.generator = torch.Generator().manual_seed(1)
+        self.batch = batch
+
+    def epoch(self, e: int) -> tuple[float, float, float]:
+        torch, net, batch = self.torch, self.net, self.batch
+        n = len(self.x)
+        steps = n // batch
         t0 = time.perf_counter()
         net.train()
-        perm = torch.randperm(n, generator=generator)[: steps * batch]
-        xs, ys = x[perm], y[perm]
+        perm = torch.randperm(n, generator=self.generator)[: steps * batch]
+        xs, ys = self.x[perm], self.y[perm]
         for i in range(steps):
             xb, yb = xs[i * batch : (i + 1) * batch], ys[i * batch : (i + 1) * batch]
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xb), yb)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self.loss_fn(net(xb), yb)
             loss.backward()
-            optimizer.step()
-        run.epoch_times.append(time.perf_counter() - t0)
+            self.optimizer.step()
+        train_s = time.perf_counter() - t0
         net.eval()
         with torch.no_grad():
             hits = sum(
-                int((net(xt[i : i + 500]).argmax(1) == yt[i : i + 500]).sum())
-                for i in range(0, len(xt), 500)
+                int((net(self.xt[i : i + 500]).argmax(1) == self.yt[i : i + 500]).sum())
+                for i in range(0, len(self.xt), 500)
             )
-        run.accuracies.append(hits / len(xt))
-        run.elapsed.append(time.perf_counter() - start)
-    return run
+        return train_s, time.perf_counter() - t0, hits / len(self.xt)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,29 +491,28 @@ def main() -> None:
     sections: list[tuple[str, list[Run], float]] = []
     mlp_rows: dict[int, list[Run]] = {}
     for batch in (128, 32):
-        rows = []
-        log(f"MLP batch {batch}: plain JAX")
-        rows.append(bench_plain_jax("mlp", data, batch, args.mlp_epochs))
-        for engine in ("jax", "funcgrad"):
-            log(f"MLP batch {batch}: fit {engine}")
-            rows.append(bench_fit("mlp", data, batch, args.mlp_epochs, engine))
-        log(f"MLP batch {batch}: NumPy")
-        rows.append(bench_numpy_mlp(data, batch, args.mlp_epochs))
+        log(f"MLP batch {batch}")
+        trainers: list[Trainer] = [
+            PlainJax("mlp", data, batch),
+            Fit("mlp", data, batch, "jax"),
+            Fit("mlp", data, batch, "funcgrad"),
+            NumpyMLP(data, batch),
+        ]
         if not args.skip_torch:
-            log(f"MLP batch {batch}: PyTorch")
-            rows.append(bench_torch("mlp", data, batch, args.mlp_epochs))
+            trainers.append(Torch("mlp", data, batch))
+        rows = round_robin(trainers, args.mlp_epochs, (60000 // batch) * batch)
         mlp_rows[batch] = rows
         sections.append((f"MLP 784-64-10, batch {batch}, Adam", rows, TARGETS["mlp"]))
     if not args.skip_cnn:
-        rows = []
-        log("CNN: plain JAX")
-        rows.append(bench_plain_jax("cnn", data, 128, args.cnn_epochs))
-        for engine in ("jax", "funcgrad"):
-            log(f"CNN: fit {engine}")
-            rows.append(bench_fit("cnn", data, 128, args.cnn_epochs, engine))
+        log("CNN")
+        trainers = [
+            PlainJax("cnn", data, 128),
+            Fit("cnn", data, 128, "jax"),
+            Fit("cnn", data, 128, "funcgrad"),
+        ]
         if not args.skip_torch:
-            log("CNN: PyTorch")
-            rows.append(bench_torch("cnn", data, 128, args.cnn_epochs))
+            trainers.append(Torch("cnn", data, 128))
+        rows = round_robin(trainers, args.cnn_epochs, (60000 // 128) * 128)
         log("CNN: XLA convolutions (a few steps)")
         rows.append(bench_xla_conv_steps(data, 128))
         sections.append(

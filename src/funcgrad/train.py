@@ -736,6 +736,8 @@ def fit(
     data = _replicate((x, y), mesh)
     eval_arrays = None if eval_data is None else _replicate(tuple(eval_data), mesh)
     wall_offset = history["wall_time"][-1] if history["wall_time"] else 0.0
+    # Placement is asynchronous: wait for it, so that no epoch's time includes the copy.
+    jax.block_until_ready((params, opt_state, data, eval_arrays))
     start = time.perf_counter()
 
     try:
