@@ -676,9 +676,9 @@ def fit(
     num_steps = n // batch_size
 
     # The loss's output structure, checked once on abstract values (no FLOPs).
-    sample = (
-        jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), x.dtype),
-        jax.ShapeDtypeStruct((batch_size, *y.shape[1:]), y.dtype),
+    sample = tuple(  # as placed on the device: float64 becomes float32 unless x64 is on
+        jax.ShapeDtypeStruct((batch_size, *a.shape[1:]), jax.dtypes.canonicalize_dtype(a.dtype))
+        for a in (x, y)
     )
     out = jax.eval_shape(loss_fn, params, *sample)
     loss_shape = out[0] if has_aux and isinstance(out, tuple) and len(out) == 2 else out
