@@ -6,11 +6,14 @@ implementations may order a sum differently); float64 rtol=1e-10, atol=1e-12.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import funcgrad as fg
 
@@ -46,14 +49,26 @@ def assert_trees_close(got: Any, want: Any, rtol: float | None = None, atol: flo
         )
 
 
-def assert_grads_match(f, *args, argnums=0, jit: bool = True, rtol=None, atol=None, **kwargs):
-    """fg.grad(f) equals jax.grad(f) on args, eagerly and (by default) under jax.jit too."""
-    want = jax.grad(f, argnums)(*args, **kwargs)
-    got = fg.grad(f, argnums)(*args, **kwargs)
-    assert_trees_close(got, want, rtol, atol, "fg.grad")
+def assert_grads_match(f, *args, argnums=0, eager: bool = True, jit: bool = True, rtol=None,
+                       atol=None, **kwargs):
+    """fg.grad(f) equals jax.grad(f) on args: eagerly, and jitted against jitted.
+
+    Each engine is compared in the same mode: XLA may round a fused, compiled program
+    differently from the op-by-op one (bf16 products, for instance), and eager jax.grad of some
+    ops (cumulative scans, convolutions) is slow. Returns funcgrad's gradient.
+    """
+    if not (eager or jit):
+        raise ValueError("assert_grads_match needs eager=True, jit=True or both")
+    got = None
+    if eager:
+        want = jax.grad(f, argnums)(*args, **kwargs)
+        got = fg.grad(f, argnums)(*args, **kwargs)
+        assert_trees_close(got, want, rtol, atol, "fg.grad")
     if jit:
+        want_jit = jax.jit(jax.grad(f, argnums))(*args, **kwargs)
         got_jit = jax.jit(fg.grad(f, argnums))(*args, **kwargs)
-        assert_trees_close(got_jit, want, rtol, atol, "jit(fg.grad)")
+        assert_trees_close(got_jit, want_jit, rtol, atol, "jit(fg.grad)")
+        got = got_jit if got is None else got
     return got
 
 
@@ -72,3 +87,89 @@ def assert_vjp_matches(f, *primals, ct=None, rtol=None, atol=None):
     fg_out, fg_pull = fg.vjp(f, *primals)
     assert_trees_close(fg_out, out, rtol, atol, "fg.vjp output")
     assert_trees_close(fg_pull(ct), jax_pull(ct), rtol, atol, "fg.vjp cotangent")
+
+
+# ---- building test cases for rule families ---------------------------------------------------
+def randn(seed: int, *shape: int, dtype=np.float32) -> jax.Array:
+    """Standard normal values from a fixed seed."""
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
+
+
+def randint(seed: int, *shape: int, high: int = 3, dtype=np.float32) -> jax.Array:
+    """Small integers as floats: many ties, and sums of cotangents stay exact."""
+    return jnp.asarray(np.random.default_rng(seed).integers(0, high, shape), dtype)
+
+
+def weighted_sum(f: Callable, integer_weights: bool = False) -> Callable:
+    """sum(f(...) * w) over f's float outputs, with a fixed random w per output.
+
+    A scalar loss whose cotangent is not uniform, so a rule that routes the cotangent to the
+    wrong element cannot pass. ``integer_weights`` makes every cotangent a small integer, so
+    routing conventions (which element gets which share) are compared exactly.
+    """
+
+    def loss(*args):
+        total = 0.0
+        for k, y in enumerate(jax.tree_util.tree_leaves(f(*args))):
+            if not jnp.issubdtype(y.dtype, jnp.inexact):
+                continue
+            rng = np.random.default_rng(100 + k)
+            w = rng.integers(-3, 4, y.shape) if integer_weights else rng.standard_normal(y.shape)
+            total = total + jnp.sum(y * w.astype(y.dtype))
+        return total
+
+    return loss
+
+
+def primitives_of(jaxpr: Jaxpr, found: set[str] | None = None) -> set[str]:
+    """Names of every primitive in ``jaxpr``, sub-jaxprs (jit, scan, ...) included."""
+    found = set() if found is None else found
+    for eqn in jaxpr.eqns:
+        found.add(eqn.primitive.name)
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                if isinstance(sub, ClosedJaxpr):
+                    primitives_of(sub.jaxpr, found)
+                elif isinstance(sub, Jaxpr):
+                    primitives_of(sub, found)
+    return found
+
+
+def assert_uses(primitive: str, f: Callable, *args: Any) -> None:
+    """The case really reaches the primitive it claims to test."""
+    used = primitives_of(jax.make_jaxpr(f)(*args).jaxpr)
+    assert primitive in used, f"expected '{primitive}' in the jaxpr, got {sorted(used)}"
+
+
+def assert_exactly(got: Any, want: Any) -> None:
+    """Bitwise-equal values (NaN positions included), leaf by leaf for pytrees of arrays."""
+    if isinstance(got, (jax.Array, np.ndarray)):
+        got, want = [got], [np.asarray(want)]  # ``want`` may be a plain list of numbers
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want), strict=True):
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+
+
+@dataclass
+class Case:
+    """User code reaching one primitive, with inputs built lazily (under x64 for float64 runs)."""
+
+    id: str
+    primitive: str
+    f: Callable
+    make_args: Callable[[], tuple]
+    argnums: int | tuple[int, ...] = 0
+
+    def args(self, dtype=np.float32) -> tuple:
+        return tuple(
+            a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+            for a in self.make_args()
+        )
+
+
+def check(case: Case, dtype=np.float32, eager: bool = True, jit: bool = False,
+          integer_weights: bool = False) -> None:
+    """The case reaches its primitive, and fg.grad equals jax.grad on a weighted sum of it."""
+    args = case.args(dtype)
+    assert_uses(case.primitive, case.f, *args)
+    assert_grads_match(weighted_sum(case.f, integer_weights), *args, argnums=case.argnums,
+                       eager=eager, jit=jit)

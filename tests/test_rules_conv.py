@@ -14,78 +14,27 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gradcheck import assert_trees_close
+from gradcheck import (
+    assert_exactly,
+    assert_grads_match,
+    assert_trees_close,
+    assert_uses,
+    randint,
+    randn,
+    weighted_sum,
+)
 from jax import lax
-from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import funcgrad as fg
 from funcgrad.interpret.rules import window as window_rules
 from funcgrad.models import cnn, layers
 
-
 # ---- helpers -------------------------------------------------------------------------------
-def randn(seed: int, *shape: int, dtype=np.float32) -> jax.Array:
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def randint(seed: int, *shape: int, high: int = 3, dtype=np.float32) -> jax.Array:
-    """Small integers as floats: many ties, and sums of cotangents stay exact."""
-    return jnp.asarray(np.random.default_rng(seed).integers(0, high, shape), dtype)
-
-
-def weighted_sum(f: Callable, integer_weights: bool = False) -> Callable:
-    """sum(f(...) * w) with a fixed random w (small integers with ``integer_weights``)."""
-
-    def loss(*args):
-        y = f(*args)
-        rng = np.random.default_rng(100)
-        w = rng.integers(-3, 4, y.shape) if integer_weights else rng.standard_normal(y.shape)
-        return jnp.sum(y * w.astype(y.dtype))
-
-    return loss
-
-
-def primitives_of(jaxpr: Jaxpr, found: set[str] | None = None) -> set[str]:
-    """Names of every primitive in ``jaxpr``, sub-jaxprs (jit, scan, ...) included."""
-    found = set() if found is None else found
-    for eqn in jaxpr.eqns:
-        found.add(eqn.primitive.name)
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else [param]:
-                if isinstance(sub, ClosedJaxpr):
-                    primitives_of(sub.jaxpr, found)
-                elif isinstance(sub, Jaxpr):
-                    primitives_of(sub, found)
-    return found
-
-
-def assert_uses(primitive: str, f: Callable, *args: Any) -> None:
-    used = primitives_of(jax.make_jaxpr(f)(*args).jaxpr)
-    assert primitive in used, f"expected '{primitive}' in the jaxpr, got {sorted(used)}"
-
-
-def assert_grads_match(f: Callable, *args, argnums=0, eager: bool = False, rtol=None, atol=None):
-    """jax.jit(fg.grad(f)) (and with ``eager`` fg.grad(f) op by op) equals jax.grad(f).
-
-    The reference is jitted too: eager jax.grad of a conv net dispatches op by op, slowly.
-    """
-    want = jax.jit(jax.grad(f, argnums))(*args)
-    assert_trees_close(jax.jit(fg.grad(f, argnums))(*args), want, rtol, atol, "jit(fg.grad)")
-    if eager:
-        assert_trees_close(fg.grad(f, argnums)(*args), want, rtol, atol)
-
-
-def assert_exactly(got, want) -> None:
-    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
-        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
-
-
 # ---- conv_general_dilated ------------------------------------------------------------------
 NHWC = ("NHWC", "HWIO", "NHWC")
 CONV_CASES = {
@@ -168,7 +117,7 @@ def test_conv_matches_jax(name):
     f = conv_fn(CONV_CASES[name][2])
     args = conv_args(name)
     assert_uses("conv_general_dilated", f, *args)
-    assert_grads_match(weighted_sum(f), *args, argnums=(0, 1))
+    assert_grads_match(weighted_sum(f), *args, argnums=(0, 1), eager=False)
 
 
 @pytest.mark.parametrize("name", ["all-dilations-strided", "depthwise", "batch-groups-2"])
@@ -182,7 +131,8 @@ def test_conv_matches_jax_eagerly(name):
 def test_conv_matches_jax_in_float64(name):
     with jax.enable_x64(True):
         args = conv_args(name, np.float64)
-        assert_grads_match(weighted_sum(conv_fn(CONV_CASES[name][2])), *args, argnums=(0, 1))
+        loss = weighted_sum(conv_fn(CONV_CASES[name][2]))
+        assert_grads_match(loss, *args, argnums=(0, 1), eager=False)
 
 
 def test_conv_transpose_and_convolve():
@@ -196,7 +146,7 @@ def test_conv_transpose_and_convolve():
     assert_grads_match(weighted_sum(transposed), x, w, argnums=(0, 1), eager=True)
     a, v = randn(5, 11), randn(6, 4)
     assert_grads_match(weighted_sum(lambda a, v: jnp.convolve(a, v, mode="full")), a, v,
-                       argnums=(0, 1))
+                       argnums=(0, 1), eager=False)
 
 
 def test_conv_bf16_with_preferred_element_type():
@@ -280,7 +230,7 @@ def test_pooling_in_float64(reducer):
     with jax.enable_x64(True):
         f = window_fn(reducer, WINDOW_CASES["3x3-stride1-same"])
         x = randn(13, *WINDOW_CASES["3x3-stride1-same"][0], dtype=np.float64)
-        assert_grads_match(weighted_sum(f), x)
+        assert_grads_match(weighted_sum(f), x, eager=False)
 
 
 def first_choice_reference(x, ct, dims, strides, padding, window_dilation, select=np.greater):
@@ -491,7 +441,7 @@ def test_cnn_model_gradient(impl):
     if impl == "xla":
         assert_uses("conv_general_dilated", loss, params)
         assert_uses("reduce_window_max", loss, params)
-    assert_grads_match(loss, params, rtol=1e-5, atol=1e-6)
+    assert_grads_match(loss, params, rtol=1e-5, atol=1e-6, eager=False)
 
 
 def test_vmap_of_grad():

@@ -15,26 +15,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gradcheck import assert_grads_match, assert_trees_close
+from gradcheck import (
+    assert_grads_match,
+    assert_trees_close,
+    randn,
+    weighted_sum,
+)
 from jax import lax
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import funcgrad as fg
-
-
-def randn(seed: int, *shape: int, dtype=np.float32) -> jax.Array:
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def weighted_sum(f: Callable) -> Callable:
-    """sum(f(...) * w) with a fixed random w: a scalar loss with a non-uniform cotangent."""
-
-    def loss(*args):
-        y = f(*args)
-        w = np.random.default_rng(100).standard_normal(y.shape)
-        return jnp.sum(y * w.astype(y.dtype))
-
-    return loss
 
 
 def dot_generals(f: Callable, *args) -> list:

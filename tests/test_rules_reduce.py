@@ -9,101 +9,24 @@ tree splits them (checked for every length 1..13), and the NaN/-inf behaviour of
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gradcheck import assert_trees_close
+from gradcheck import (
+    Case,
+    assert_exactly,
+    assert_trees_close,
+    check,
+    randint,
+    randn,
+    weighted_sum,
+)
 from jax import lax
-from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import funcgrad as fg
 
-
 # ---- helpers -------------------------------------------------------------------------------
-def randn(seed: int, *shape: int, dtype=np.float32) -> jax.Array:
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def randint(seed: int, *shape: int, high: int = 3, dtype=np.float32) -> jax.Array:
-    """Small integers as floats: many ties, and sums of cotangents stay exact."""
-    return jnp.asarray(np.random.default_rng(seed).integers(0, high, shape), dtype)
-
-
-def weighted_sum(f: Callable, integer_weights: bool = False) -> Callable:
-    """sum(f(...) * w) with a fixed random w: a scalar loss with a non-uniform cotangent.
-
-    ``integer_weights`` makes every cotangent a small integer, so that routing conventions
-    (which element gets which share) are compared exactly, free of rounding.
-    """
-
-    def loss(*args):
-        y = f(*args)
-        rng = np.random.default_rng(100)
-        w = rng.integers(-3, 4, y.shape) if integer_weights else rng.standard_normal(y.shape)
-        return jnp.sum(y * w.astype(y.dtype))
-
-    return loss
-
-
-def primitives_of(jaxpr: Jaxpr, found: set[str] | None = None) -> set[str]:
-    """Names of every primitive in ``jaxpr``, sub-jaxprs (jit, scan, ...) included."""
-    found = set() if found is None else found
-    for eqn in jaxpr.eqns:
-        found.add(eqn.primitive.name)
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else [param]:
-                if isinstance(sub, ClosedJaxpr):
-                    primitives_of(sub.jaxpr, found)
-                elif isinstance(sub, Jaxpr):
-                    primitives_of(sub, found)
-    return found
-
-
-def assert_uses(primitive: str, f: Callable, *args: Any) -> None:
-    used = primitives_of(jax.make_jaxpr(f)(*args).jaxpr)
-    assert primitive in used, f"expected '{primitive}' in the jaxpr, got {sorted(used)}"
-
-
-def assert_exactly(got, want) -> None:
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
-
-
-@dataclass
-class Case:
-    id: str
-    primitive: str
-    f: Callable
-    make_args: Callable[[], tuple]  # built lazily: under enable_x64 for the float64 variants
-
-    def args(self, dtype=np.float32) -> tuple:
-        return tuple(a.astype(dtype) for a in self.make_args())
-
-
-def jax_grad(f: Callable) -> Callable:
-    # The reference runs jitted: eager jax.grad of the cumulative ops replays JAX's
-    # associative-scan JVP op by op, ~10x slower than compiling it.
-    return jax.jit(jax.grad(f))
-
-
-def assert_grads_match(f: Callable, *args, eager: bool = False) -> None:
-    """jax.jit(fg.grad(f)) (and with ``eager`` also fg.grad(f) run op by op) equals jax.grad(f)."""
-    want = jax_grad(f)(*args)
-    assert_trees_close(jax.jit(fg.grad(f))(*args), want, what="jit(fg.grad)")
-    if eager:
-        assert_trees_close(fg.grad(f)(*args), want)
-
-
-def check(case: Case, dtype=np.float32, eager: bool = False) -> None:
-    args = case.args(dtype)
-    assert_uses(case.primitive, case.f, *args)
-    assert_grads_match(weighted_sum(case.f), *args, eager=eager)
-
-
 # ---- the cases -----------------------------------------------------------------------------
 CASES = [
     # reduce_sum
@@ -161,7 +84,7 @@ BY_ID = {c.id: c for c in CASES}
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_rule_matches_jax(case):
-    check(case)
+    check(case, eager=False, jit=True)
 
 
 EAGER = ["sum-axes", "max-ties", "prod-with-zeros", "cumsum-reverse", "cumprod-with-zeros",
@@ -170,7 +93,7 @@ EAGER = ["sum-axes", "max-ties", "prod-with-zeros", "cumsum-reverse", "cumprod-w
 
 @pytest.mark.parametrize("name", EAGER)
 def test_rule_matches_jax_eagerly(name):
-    check(BY_ID[name], eager=True)
+    check(BY_ID[name], eager=True, jit=True)
 
 
 FLOAT64 = ["sum-axes", "max-axes", "min-ties", "prod-axes", "prod-with-zeros", "cumsum",
@@ -182,7 +105,7 @@ def test_rule_matches_jax_in_float64(name):
     with jax.enable_x64(True):
         case = BY_ID[name]
         assert all(a.dtype == np.float64 for a in case.args(np.float64))
-        check(case, np.float64)
+        check(case, np.float64, eager=False, jit=True)
 
 
 # ---- scalars and zero-size arrays ----------------------------------------------------------
@@ -211,7 +134,7 @@ def test_scalars_and_zero_size(name, f, shape):
     x = randn(40, *shape)
     got = fg.grad(weighted_sum(f))(x)
     assert got.shape == shape
-    assert_trees_close(got, jax_grad(weighted_sum(f))(x))
+    assert_trees_close(got, jax.jit(jax.grad(weighted_sum(f)))(x))
 
 
 # ---- JAX's conventions, exactly ------------------------------------------------------------
@@ -247,7 +170,7 @@ def test_reduce_prod_with_zeros_exact(x, want):
 def test_cumprod_with_zeros_exact(reverse):
     x = jnp.array([2.0, 0.0, 3.0, 0.0, 5.0, 1.5, 0.5, -2.0])
     loss = weighted_sum(lambda x: lax.cumprod(x, 0, reverse=reverse), integer_weights=True)
-    assert_exactly(fg.grad(loss)(x), jax_grad(loss)(x))
+    assert_exactly(fg.grad(loss)(x), jax.jit(jax.grad(loss))(x))
 
 
 @pytest.mark.parametrize("prim,reverse", [(lax.cummax, False), (lax.cummax, True),
@@ -261,7 +184,7 @@ def test_cumulative_extremum_ties_split_like_jax(prim, reverse):
     def loss(xs):
         return sum(weighted_sum(lambda x: prim(x, 1, reverse=reverse), True)(x) for x in xs)
 
-    got, want = jax.jit(fg.grad(loss))(xs), jax_grad(loss)(xs)
+    got, want = jax.jit(fg.grad(loss))(xs), jax.jit(jax.grad(loss))(xs)
     for g, w in zip(got, want):
         assert_exactly(g, w)
 
@@ -269,7 +192,7 @@ def test_cumulative_extremum_ties_split_like_jax(prim, reverse):
 def test_cummax_all_equal_and_nan():
     loss = weighted_sum(lambda x: lax.cummax(x, 0), integer_weights=True)
     for x in (jnp.ones(9), jnp.array([1.0, np.nan, 2.0, 0.5, np.nan, 3.0])):
-        np.testing.assert_array_equal(fg.grad(loss)(x), jax_grad(loss)(x))
+        np.testing.assert_array_equal(fg.grad(loss)(x), jax.jit(jax.grad(loss))(x))
 
 
 @pytest.mark.parametrize("x", [[-np.inf, 1.0, 2.0], [1.0, -np.inf, 2.0], [-np.inf, -np.inf, 1.0],
@@ -284,7 +207,7 @@ def test_cumlogsumexp_infinities_as_jax(x, reverse):
     def loss(x):
         return jnp.sum(lax.cumlogsumexp(x, reverse=reverse) * jnp.array([1.0, -2.0, 3.0]))
 
-    np.testing.assert_allclose(fg.grad(loss)(x), jax_grad(loss)(x), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fg.grad(loss)(x), jax.jit(jax.grad(loss))(x), rtol=1e-6, atol=1e-6)
 
 
 # ---- vmap and second order -----------------------------------------------------------------

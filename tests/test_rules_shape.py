@@ -8,80 +8,26 @@ vacuously. These rules only move values, so the gradients agree exactly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gradcheck import assert_grads_match, assert_trees_close, assert_vjp_matches
+from gradcheck import (
+    Case,
+    assert_grads_match,
+    assert_trees_close,
+    assert_uses,
+    assert_vjp_matches,
+    check,
+    primitives_of,
+    randn,
+    weighted_sum,
+)
 from jax import lax
-from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import funcgrad as fg
 
-
 # ---- helpers -------------------------------------------------------------------------------
-def randn(seed: int, *shape: int, dtype=np.float32) -> jax.Array:
-    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
-
-
-def weighted_sum(f: Callable) -> Callable:
-    """sum(f(...) * w) with a fixed random w per output: a scalar loss with a non-uniform ct."""
-
-    def loss(*args):
-        total = 0.0
-        for k, y in enumerate(jax.tree_util.tree_leaves(f(*args))):
-            w = np.random.default_rng(100 + k).standard_normal(y.shape).astype(y.dtype)
-            total = total + jnp.sum(y * w)
-        return total
-
-    return loss
-
-
-def primitives_of(jaxpr: Jaxpr, found: set[str] | None = None) -> set[str]:
-    """Names of every primitive in ``jaxpr``, sub-jaxprs (jit, scan, ...) included."""
-    found = set() if found is None else found
-    for eqn in jaxpr.eqns:
-        found.add(eqn.primitive.name)
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else [param]:
-                if isinstance(sub, ClosedJaxpr):
-                    primitives_of(sub.jaxpr, found)
-                elif isinstance(sub, Jaxpr):
-                    primitives_of(sub, found)
-    return found
-
-
-def assert_uses(primitive: str, f: Callable, *args: Any) -> None:
-    used = primitives_of(jax.make_jaxpr(f)(*args).jaxpr)
-    assert primitive in used, f"expected '{primitive}' in the jaxpr, got {sorted(used)}"
-
-
-@dataclass
-class Case:
-    id: str
-    primitive: str
-    f: Callable
-    make_args: Callable[[], tuple]  # built lazily: under enable_x64 for the float64 variants
-    argnums: int | tuple[int, ...] = 0
-
-    def args(self, dtype=np.float32) -> tuple:
-        return tuple(
-            a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
-            for a in self.make_args()
-        )
-
-
-def check(case: Case, dtype=np.float32, jit: bool = False) -> None:
-    """The case reaches its primitive, and fg.grad equals jax.grad on a weighted sum of it."""
-    args = case.args(dtype)
-    assert_uses(case.primitive, case.f, *args)
-    assert_grads_match(weighted_sum(case.f), *args, argnums=case.argnums, jit=jit)
-
-
 # ---- the cases: user code reaching each primitive ------------------------------------------
 CASES = [
     # broadcast_in_dim: new dims, size-1 dims that grow, rank-0 operands
