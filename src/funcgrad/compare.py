@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import functools
 import html
-import inspect
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -77,6 +76,8 @@ import numpy as np
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal
 
 from funcgrad import finite_diff
+from funcgrad._args import arg_names as _arg_names
+from funcgrad._args import argnums_tuple as _argnums_tuple
 from funcgrad._paths import path_to_str
 
 __all__ = [
@@ -235,34 +236,6 @@ def _py_number(x: Any) -> Any:
 
 
 # ---- naming leaves -----------------------------------------------------------------------------
-def _argnums_tuple(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    if not nums:
-        raise ValueError("argnums must name at least one argument, got an empty sequence")
-    for n in nums:
-        if not isinstance(n, int) or not -nargs <= n < nargs:
-            raise ValueError(
-                f"argnums={argnums!r} does not name a positional argument of a call with "
-                f"{nargs} argument(s)"
-            )
-    return tuple(n % nargs for n in nums)
-
-
-def _arg_names(fun: Callable, nargs: int) -> list[str]:
-    names = [f"args[{i}]" for i in range(nargs)]
-    try:
-        params = [
-            p
-            for p in inspect.signature(fun).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        return names
-    for i, p in enumerate(params[:nargs]):
-        names[i] = p.name
-    return names
-
-
 class _Namer:
     """Leaf names for gradient pytrees: ``layers[0].W`` (one argnum), ``params.layers[0].W``
     (several), the argument's name for a bare array."""

@@ -23,6 +23,8 @@ import numpy as np
 from jax import dtypes, lax
 from jax.extend.core import ClosedJaxpr, Literal, Var
 
+from funcgrad._args import arg_names as _arg_names
+from funcgrad._args import argnums_tuple as _argnums_tuple
 from funcgrad._paths import path_to_str
 from funcgrad.interpret.backward import backward
 from funcgrad.interpret.tagging import tag_p
@@ -30,44 +32,11 @@ from funcgrad.interpret.trace import INSPECTING, Trace, evaluate, is_differentia
 
 __all__ = ["grad", "hessian", "jacrev", "trace", "value_and_grad", "vjp"]
 
-def _argnums_tuple(argnums: int | Sequence[int], nargs: int) -> tuple[int, ...]:
-    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
-    if not nums:
-        raise ValueError("argnums must name at least one argument, got an empty sequence")
-    for n in nums:
-        if not isinstance(n, int):
-            raise TypeError(f"argnums must be ints, got {n!r}")
-        if not -nargs <= n < nargs:
-            raise ValueError(
-                f"argnums={argnums!r} is out of range for a function called with {nargs} "
-                f"positional argument(s)"
-            )
-    return tuple(n % nargs for n in nums)
-
-
 def _dtype_of(x: Any) -> np.dtype:
     dt = getattr(x, "dtype", None)
     if dt is not None:
         return np.dtype(dt) if not dtypes.issubdtype(dt, dtypes.extended) else dt
     return dtypes.canonicalize_dtype(np.result_type(x))
-
-
-def _arg_names(fun: Callable, nargs: int) -> list[str]:
-    """Names for positional arguments, from the signature where it has them."""
-    names = [f"args[{i}]" for i in range(nargs)]
-    try:
-        import inspect
-
-        params = [
-            p
-            for p in inspect.signature(fun).parameters.values()
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-    except (TypeError, ValueError):
-        return names
-    for i, p in enumerate(params[:nargs]):
-        names[i] = p.name
-    return names
 
 
 class _Traced:
