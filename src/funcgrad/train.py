@@ -358,7 +358,6 @@ class _Programs:
         key: jax.Array,
         x: jax.Array,
         y: jax.Array,
-        step0: jax.Array,
         *,
         checked: bool,
     ) -> tuple:
@@ -389,7 +388,7 @@ class _Programs:
                     (i + 1) % every == 0,
                     lambda s: jax.debug.callback(self._report, s),
                     lambda s: None,
-                    step0 + i + 1,
+                    i + 1,
                 )
             return (new_params, new_state, bad, i + 1), (loss, aux)
 
@@ -699,16 +698,7 @@ def fit(
         eval_fn = _loss_metrics(loss_fn, has_aux)
 
     show = sys.stderr.isatty() if progress is None else bool(progress)
-    bar = (
-        ProgressBar(
-            total=max(epochs - initial_epoch, 0) * num_steps,
-            desc="train",
-            unit="steps",
-            enabled=show,
-        )
-        if show
-        else None
-    )
+    bar: ProgressBar | None = None
     programs = _programs(
         loss_fn,
         optimizer,
@@ -718,9 +708,8 @@ def fit(
         batch_size,
         mesh,
         data_axis,
-        with_progress=bar is not None,
+        with_progress=show,
     )
-    programs.progress = bar
 
     history: dict[str, list[float]] = {"loss": [], **{k: [] for k in aux_names}}
     history.update(epoch_time=[], wall_time=[])
@@ -731,8 +720,6 @@ def fit(
         params, opt_state, initial_epoch, history = _resume(
             Path(resume_from), params, opt_state, key, batch_size, n, mesh
         )
-        if bar is not None:
-            bar.total = max(epochs - initial_epoch, 0) * num_steps
     data = _replicate((x, y), mesh)
     eval_arrays = None if eval_data is None else _replicate(tuple(eval_data), mesh)
     wall_offset = history["wall_time"][-1] if history["wall_time"] else 0.0
@@ -743,13 +730,22 @@ def fit(
     try:
         for epoch in range(initial_epoch, epochs):
             key_e = jax.random.fold_in(key, epoch)
-            step0 = jnp.int32((epoch - initial_epoch) * num_steps)
-            args = (params, opt_state, key_e, *data, step0)
+            args = (params, opt_state, key_e, *data)
             compiled = programs.compiled_epoch(args)
+            if show:  # one bar per epoch, finished before anything else prints
+                bar = ProgressBar(
+                    total=num_steps, desc=f"epoch {epoch + 1}/{epochs}", unit="steps", enabled=True
+                )
+                programs.progress = bar
             t0 = time.perf_counter()
             new_params, new_state, step_losses, step_aux, finite, _ = compiled(*args)
             step_losses = np.asarray(step_losses)
             epoch_time = time.perf_counter() - t0
+            if bar is not None:
+                bar.update(num_steps - bar.n)
+                bar.set_postfix(f"loss {float(step_losses.mean()):.4f}")
+                bar.close()
+                programs.progress = bar = None
             if not bool(finite):
                 _raise_diverged(
                     programs,
@@ -757,7 +753,6 @@ def fit(
                     opt_state,
                     key_e,
                     data,
-                    step0,
                     epoch,
                     num_steps,
                     history,
@@ -779,8 +774,6 @@ def fit(
             # Keep the time columns last, so printed and tabulated histories read naturally.
             for name in ("epoch_time", "wall_time"):
                 history[name] = history.pop(name)
-            if bar is not None:
-                bar.set_postfix(f"epoch {epoch + 1}/{epochs} loss {history['loss'][-1]:.4f}")
             step = (epoch + 1) * num_steps
             if checkpoint_path is not None:
                 _save(
@@ -883,7 +876,6 @@ def _raise_diverged(
     opt_state: Any,
     key_e: jax.Array,
     data: tuple[jax.Array, jax.Array],
-    step0: jax.Array,
     epoch: int,
     num_steps: int,
     history: dict[str, list[float]],
@@ -894,11 +886,7 @@ def _raise_diverged(
 ) -> None:
     """Re-run the epoch with the checked program from its start state; raise at the bad step."""
     good_params, good_state, step_losses, _, _, bad = programs.checked_epoch(
-        params,
-        opt_state,
-        key_e,
-        *data,
-        step0,
+        params, opt_state, key_e, *data
     )
     bad = int(bad)
     if bad < 0:
