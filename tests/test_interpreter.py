@@ -144,6 +144,22 @@ def test_custom_jvp_rule_is_honoured_not_the_body():
     assert not np.allclose(got, jax.grad(lambda x: jnp.sum(jnp.tanh(x) * x))(X))
 
 
+def test_custom_jvp_with_primal_work_and_several_tangents():
+    # the rule's tangent part is transposed without evaluating it; primal values it multiplies
+    # by (cos x here) must still be computed, and unused primal outputs may be skipped
+    @jax.custom_jvp
+    def f(x, y):
+        return jnp.sin(x) * y
+
+    @f.defjvp
+    def f_jvp(primals, tangents):
+        (x, y), (tx, ty) = primals, tangents
+        unused = jnp.exp(x) * 3.0  # noqa: F841
+        return f(x, y), jnp.cos(x) * y * tx + jnp.sin(x) * ty
+
+    assert_grads_match(lambda x, y: jnp.sum(f(x, y) ** 2), X, X + 2.0, argnums=(0, 1))
+
+
 def test_custom_vjp_calls_user_bwd():
     @jax.custom_vjp
     def h(x, y):

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 from jax import dtypes
+from jax.core import Tracer
 from jax.extend.core import DropVar, Jaxpr, JaxprEqn, Literal, Var
 
 from funcgrad.interpret.rules import lookup_higher_order
@@ -238,20 +239,46 @@ def _bind(eqn: JaxprEqn, invals: list[Any]) -> list[Any]:
     return list(out) if eqn.primitive.multiple_results else [out]
 
 
+def _needed_by_linear_part(jaxpr: Jaxpr, active: set[Var]) -> set[Var]:
+    """Variables whose values the backward pass of a linear (tangent) jaxpr reads.
+
+    Equations with an active input are linear in it, and their rules read only the *other*
+    inputs (the primal values a tangent is multiplied by, the mask that selects it). Those, and
+    everything they are computed from, are needed; primal outputs nobody reads are not.
+    """
+    needed: set[Var] = set()
+    for eqn in reversed(jaxpr.eqns):
+        outs_needed = any(v in needed or v in active for v in eqn.outvars)
+        if outs_needed:
+            needed.update(v for v in eqn.invars if not isinstance(v, Literal))
+    return needed
+
+
 def evaluate(
     jaxpr: Jaxpr,
     consts: Sequence[Any],
     args: Sequence[Any],
     active_in: Sequence[bool],
     invariant_in: Sequence[bool] | None = None,
+    *,
+    linear: bool = False,
 ) -> Trace:
     """Evaluate ``jaxpr`` on ``args``, keeping every value; ``active_in`` marks differentiated args.
 
     ``invariant_in`` marks arguments that stay the same across the iterations of an enclosing
     loop (a scan's constants): they are left out of :meth:`Trace.leaves`.
+
+    ``linear=True`` is for a jaxpr that is linear in its active inputs (a custom JVP rule's
+    tangent part), evaluated only to be transposed: first-order equations on tangents are not
+    computed (their values stand in as lazily allocated host zeros of the right shape, which
+    linear rules never read), and primal values nothing downstream needs are skipped. This is
+    the work JAX's partial evaluation avoids; it matters only eagerly (under ``jit`` XLA removes
+    the dead code itself), so it is ignored when the arguments are tracers.
     """
     if len(args) != len(jaxpr.invars):
         raise TypeError(f"jaxpr takes {len(jaxpr.invars)} arguments, got {len(args)}")
+    if linear and not any(isinstance(x, Tracer) for x in args):
+        return _evaluate_linear(jaxpr, consts, args, active_in)
     values: dict[Var, Any] = dict(zip(jaxpr.constvars, consts))
     active: set[Var] = set()
     invariant = set(jaxpr.constvars)
@@ -280,6 +307,51 @@ def evaluate(
             if a and is_differentiable(v.aval):
                 active.add(v)
     return Trace(jaxpr, consts, values, active, records, frozenset(invariant))
+
+
+def _evaluate_linear(
+    jaxpr: Jaxpr, consts: Sequence[Any], args: Sequence[Any], active_in: Sequence[bool]
+) -> Trace:
+    values: dict[Var, Any] = dict(zip(jaxpr.constvars, consts))
+    active: set[Var] = set()
+    for v, x, a in zip(jaxpr.invars, args, active_in):
+        values[v] = x
+        if a and is_differentiable(v.aval):
+            active.add(v)
+    # activity first (static), then what the transposition will read
+    for eqn in jaxpr.eqns:
+        if any(not isinstance(v, Literal) and v in active for v in eqn.invars):
+            rule = lookup_higher_order(eqn.primitive.name)
+            in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
+            flags = rule.outputs_active(eqn, in_active) if rule else [True] * len(eqn.outvars)
+            active.update(
+                v for v, a in zip(eqn.outvars, flags)
+                if a and not isinstance(v, DropVar) and is_differentiable(v.aval)
+            )
+    needed = _needed_by_linear_part(jaxpr, active)
+    records: dict[int, Any] = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        outs_active = any(v in active for v in eqn.outvars)
+        if not outs_active and not any(v in needed for v in eqn.outvars):
+            continue
+        rule = lookup_higher_order(eqn.primitive.name)
+        if outs_active and rule is None:
+            for v in eqn.outvars:
+                if not isinstance(v, DropVar):
+                    values[v] = np.zeros(v.aval.shape, v.aval.dtype)
+            continue
+        invals = [v.val if isinstance(v, Literal) else values[v] for v in eqn.invars]
+        if rule is not None:
+            in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
+            outvals, _, record = rule.forward(eqn, invals, in_active)
+            if record is not None:
+                records[i] = record
+        else:
+            outvals = _bind(eqn, invals)
+        for v, x in zip(eqn.outvars, outvals):
+            if not isinstance(v, DropVar):
+                values[v] = x
+    return Trace(jaxpr, consts, values, active, records, frozenset(jaxpr.constvars))
 
 
 def jaxpr_activity(jaxpr: Jaxpr, active_in: Sequence[bool]) -> list[bool]:

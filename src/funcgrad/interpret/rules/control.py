@@ -113,6 +113,10 @@ def _eager_compilable(invals: list[Any], active: list[bool]) -> bool:
     return any(active) and not INSPECTING.get() and not _is_traced(invals)
 
 
+def _tangent_dtype(aval: Any) -> Any:
+    return aval.dtype if is_differentiable(aval) else dtypes.float0
+
+
 @higher_order_rule("jit", "closed_call", "call")
 class CallVjp:
     """A call is transparent: d call(f)(x) = d f(x). Evaluated inline, its trace kept.
@@ -178,9 +182,14 @@ class CustomJvpVjp:
         jvp_jaxpr, jvp_consts, out_zeros = params["jvp_jaxpr_fun"].call_wrapped(*zero_flags)
         jvp_jaxpr, more_consts = _open(jvp_jaxpr)
         tangent_avals = [v.aval for v in jvp_jaxpr.invars[len(primals) :]]
-        tangents = [_zero_tangent(aval) for aval in tangent_avals]
+        if _is_traced(primals):
+            tangents = [_zero_tangent(aval) for aval in tangent_avals]
+        else:  # placeholders only: the linear evaluation never reads a tangent's value
+            tangents = [np.zeros(aval.shape, _tangent_dtype(aval)) for aval in tangent_avals]
         active = [False] * len(primals) + [True] * len(tangents)
-        sub = evaluate(jvp_jaxpr, [*more_consts, *jvp_consts], [*primals, *tangents], active)
+        sub = evaluate(
+            jvp_jaxpr, [*more_consts, *jvp_consts], [*primals, *tangents], active, linear=True
+        )
         tangent_cts = [ct for ct, zero in zip(cts, out_zeros) if not zero]
         in_cts = backward(sub, [None] * len(out_zeros) + tangent_cts)
         tangent_in_cts = iter(in_cts[len(primals) :])
