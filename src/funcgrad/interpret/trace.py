@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 from jax import dtypes
-from jax.core import Tracer
 from jax.extend.core import DropVar, Jaxpr, JaxprEqn, Literal, Var
 
 from funcgrad.interpret.rules import lookup_higher_order
@@ -272,12 +271,12 @@ def evaluate(
     tangent part), evaluated only to be transposed: first-order equations on tangents are not
     computed (their values stand in as lazily allocated host zeros of the right shape, which
     linear rules never read), and primal values nothing downstream needs are skipped. This is
-    the work JAX's partial evaluation avoids; it matters only eagerly (under ``jit`` XLA removes
-    the dead code itself), so it is ignored when the arguments are tracers.
+    the work JAX's partial evaluation avoids: eagerly it saves dispatches, under ``jit`` it
+    keeps dead code out of the program XLA has to compile.
     """
     if len(args) != len(jaxpr.invars):
         raise TypeError(f"jaxpr takes {len(jaxpr.invars)} arguments, got {len(args)}")
-    if linear and not any(isinstance(x, Tracer) for x in args):
+    if linear:
         return _evaluate_linear(jaxpr, consts, args, active_in)
     values: dict[Var, Any] = dict(zip(jaxpr.constvars, consts))
     active: set[Var] = set()

@@ -182,10 +182,8 @@ class CustomJvpVjp:
         jvp_jaxpr, jvp_consts, out_zeros = params["jvp_jaxpr_fun"].call_wrapped(*zero_flags)
         jvp_jaxpr, more_consts = _open(jvp_jaxpr)
         tangent_avals = [v.aval for v in jvp_jaxpr.invars[len(primals) :]]
-        if _is_traced(primals):
-            tangents = [_zero_tangent(aval) for aval in tangent_avals]
-        else:  # placeholders only: the linear evaluation never reads a tangent's value
-            tangents = [np.zeros(aval.shape, _tangent_dtype(aval)) for aval in tangent_avals]
+        # placeholders only: the linear evaluation never reads a tangent's value
+        tangents = [np.zeros(aval.shape, _tangent_dtype(aval)) for aval in tangent_avals]
         active = [False] * len(primals) + [True] * len(tangents)
         sub = evaluate(
             jvp_jaxpr, [*more_consts, *jvp_consts], [*primals, *tangents], active, linear=True

@@ -64,8 +64,11 @@ def _is_complex(x) -> bool:
 
 
 @vjp_rule(lax.add_p)
-def add_vjp(ct, x, y):  # d(x + y) = dx + dy
-    return (unbroadcast(ct, x), unbroadcast(ct, y))
+def add_vjp(ct, x, y, *, needs):  # d(x + y) = dx + dy
+    return (
+        unbroadcast(ct, x) if needs[0] else None,
+        unbroadcast(ct, y) if needs[1] else None,
+    )
 
 
 @vjp_rule("add_any")
@@ -74,8 +77,11 @@ def add_any_vjp(ct, x, y):  # jax.grad's cotangent accumulator: d(x + y) = dx + 
 
 
 @vjp_rule(lax.sub_p)
-def sub_vjp(ct, x, y):  # d(x - y) = dx - dy
-    return (unbroadcast(ct, x), unbroadcast(lax.neg(ct), y))
+def sub_vjp(ct, x, y, *, needs):  # d(x - y) = dx - dy
+    return (
+        unbroadcast(ct, x) if needs[0] else None,
+        unbroadcast(lax.neg(ct), y) if needs[1] else None,
+    )
 
 
 @vjp_rule(lax.mul_p)
