@@ -5,8 +5,9 @@ classifier) it measures, for ``fg.grad(loss)`` and ``jax.grad(loss)``:
 
 - jitted step: steady-state time of ``jax.jit(grad(loss))(params, x, y)`` (median of repeats);
 - first result: trace + compile + first call of a fresh ``jax.jit(grad(loss))`` after
-  ``jax.clear_caches()`` (median of a few cold starts);
-- eager: an un-jitted ``grad(loss)(params, x, y)`` call (median of repeats; both re-trace).
+  ``jax.clear_caches()`` and ``fg.interpret.clear_caches()`` (median of a few cold starts);
+- eager: an un-jitted ``grad(loss)(params, x, y)`` call (median of repeats, the two engines
+  called in turn; both re-trace).
 
 Ratios are funcgrad / JAX, measured in the same run; < 1 means funcgrad is faster.
 
@@ -16,6 +17,7 @@ Ratios are funcgrad / JAX, measured in the same run; < 1 means funcgrad is faste
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import time
@@ -50,6 +52,7 @@ def cold_start_time(make_grad: Callable[[], Callable], args: tuple, repeats: int
     times = []
     for _ in range(repeats):
         jax.clear_caches()
+        fg.interpret.clear_caches()
         step = jax.jit(make_grad())
         t0 = time.perf_counter()
         _block(step(*args))
@@ -90,15 +93,40 @@ def build_models(key: jax.Array) -> dict[str, tuple[Callable, tuple]]:
     return out
 
 
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median time of each of ``fns``, called in turn (fg, jax, fg, jax, ...).
+
+    Alternating spreads slow spells of a shared machine evenly over both engines, where timing
+    one engine's repeats and then the other's would hand the whole spell to one of them.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            _block(fn())
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def bench_model(loss: Callable, args: tuple, repeats: int, cold: int) -> dict[str, float]:
     row: dict[str, float] = {}
     engines = {"fg": fg.grad, "jax": jax.grad}
     for name, grad in engines.items():
         step = jax.jit(grad(loss))
         row[f"{name}_jit"] = median_time(lambda step=step: step(*args), repeats)
-        row[f"{name}_first"] = cold_start_time(lambda grad=grad: grad(loss), args, cold)
-        eager = grad(loss)
-        row[f"{name}_eager"] = median_time(lambda eager=eager: eager(*args), max(5, repeats // 5))
+    firsts: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(cold):  # cold starts in turn too
+        for name, grad in engines.items():
+            firsts[name].append(cold_start_time(lambda grad=grad: grad(loss), args, 1))
+    for name in engines:
+        row[f"{name}_first"] = statistics.median(firsts[name])
+    grads = {name: grad(loss) for name, grad in engines.items()}
+    eager = {name: functools.partial(g, *args) for name, g in grads.items()}
+    for fn in eager.values():  # warm up: per-shape compiles of single primitives
+        _block(fn())
+        _block(fn())
+    for name, t in interleaved_medians(eager, max(10, repeats // 2)).items():
+        row[f"{name}_eager"] = t
     # second pass of the jitted steady state, interleaved, to reduce drift between engines
     fg_step, jax_step = jax.jit(fg.grad(loss)), jax.jit(jax.grad(loss))
     fg_times, jax_times = [], []

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import dtypes, lax
+from jax import dtypes
 from jax.extend.core import ClosedJaxpr, Literal, Var
 
 from funcgrad._args import arg_names as _arg_names
@@ -118,9 +118,11 @@ class _Traced:
     def out_avals(self) -> list[Any]:
         return [v.aval for v in self.closed.jaxpr.outvars[: self.n_out]]
 
-    def evaluate(self) -> Trace:
+    def evaluate(self, *, prune: bool = False) -> Trace:
+        """Evaluate forward; ``prune=True`` keeps only what the backward pass reads."""
         closed = self.closed
-        return evaluate(closed.jaxpr, closed.consts, self.dyn_args, [True] * len(self.dyn_args))
+        active = [True] * len(self.dyn_args)
+        return evaluate(closed.jaxpr, closed.consts, self.dyn_args, active, prune=prune)
 
     def split_outputs(self, values: list[Any]) -> tuple[Any, Any]:
         values = [v if isinstance(v, jax.Array) else jnp.asarray(v) for v in values]
@@ -177,7 +179,7 @@ def _scalar_seed(traced: _Traced, fname: str) -> Any:
             f"{fname} requires real-valued outputs (output dtype that is a sub-dtype of "
             f"np.floating), but got {aval.dtype}. For complex or integer outputs use fg.vjp."
         )
-    return lax.full((), 1, aval.dtype)
+    return np.ones((), aval.dtype)  # a host constant: no dispatch eagerly, a literal under jit
 
 
 def value_and_grad(
@@ -194,7 +196,7 @@ def value_and_grad(
         traced = _Traced(fun, args, kwargs, nums, has_aux)
         _check_grad_inputs(traced, "grad")
         seed = _scalar_seed(traced, "grad")
-        tr = traced.evaluate()
+        tr = traced.evaluate(prune=True)
         outs = tr.outputs
         in_cts = backward(tr, [seed] + [None] * (len(outs) - 1))
         grads = traced.grads_tree(in_cts)
@@ -231,7 +233,7 @@ def vjp(fun: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
     if not primals:
         raise TypeError("fg.vjp needs at least one primal argument to differentiate")
     traced = _Traced(fun, primals, {}, tuple(range(len(primals))), has_aux)
-    tr = traced.evaluate()
+    tr = traced.evaluate(prune=True)
     outs = tr.outputs
     out, aux = traced.split_outputs(outs)
     out_avals = traced.out_avals

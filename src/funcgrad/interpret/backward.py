@@ -18,7 +18,7 @@ from jax.extend.core import DropVar, Literal, Var
 
 from funcgrad.interpret.errors import RuleError, UnsupportedPrimitiveError, source_line
 from funcgrad.interpret.rules import RuleSpec, lookup_higher_order, lookup_vjp
-from funcgrad.interpret.trace import Trace, is_differentiable
+from funcgrad.interpret.trace import Trace, is_differentiable, placeholder
 
 __all__ = ["backward", "instantiate", "zeros_like_aval"]
 
@@ -57,7 +57,10 @@ def _fit(ct: Any, v: Var, eqn: Any) -> Any:
 
 def _call_rule(spec: RuleSpec, eqn: Any, trace: Trace, cts: list[Any], needs: list[bool]) -> Any:
     values = trace.values
-    invals = [v.val if isinstance(v, Literal) else values[v] for v in eqn.invars]
+    invals = [
+        v.val if isinstance(v, Literal) else values[v] if v in values else placeholder(v)
+        for v in eqn.invars
+    ]
     kwargs: dict[str, Any] = {}
     if eqn.primitive.multiple_results:
         ct_arg: Any = [

@@ -20,13 +20,23 @@ import contextvars
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from jax import dtypes
 from jax.extend.core import DropVar, Jaxpr, JaxprEqn, Literal, Var
 
-from funcgrad.interpret.rules import lookup_higher_order
+from funcgrad.interpret.rules import lookup_higher_order, lookup_vjp
 
-__all__ = ["INSPECTING", "Trace", "evaluate", "is_differentiable", "jaxpr_activity", "read"]
+__all__ = [
+    "INSPECTING",
+    "Trace",
+    "evaluate",
+    "is_differentiable",
+    "jaxpr_activity",
+    "placeholder",
+    "read",
+    "release_points",
+]
 
 # Set by fg.trace: every nested value and cotangent must be kept for inspection, so eager
 # evaluation may not hand nested calls to compiled programs (which keep only what they return).
@@ -46,6 +56,15 @@ def is_differentiable(aval: Any) -> bool:
     if known is None:
         known = _DIFFERENTIABLE[dtype] = bool(dtypes.issubdtype(dtype, np.inexact))
     return known
+
+
+def placeholder(v: Var) -> jax.ShapeDtypeStruct:
+    """What a rule gets for an input whose value was not kept: its shape and dtype only.
+
+    Rules registered with ``reads`` never look further; any other use fails loudly (a lax op
+    rejects it) instead of computing with made-up numbers.
+    """
+    return jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype)
 
 
 def read(env: dict[Var, Any], v: Any) -> Any:
@@ -247,8 +266,15 @@ def _needed_by_linear_part(jaxpr: Jaxpr, active: set[Var]) -> set[Var]:
     """
     needed: set[Var] = set()
     for eqn in reversed(jaxpr.eqns):
-        outs_needed = any(v in needed or v in active for v in eqn.outvars)
-        if outs_needed:
+        if any(v in active for v in eqn.outvars):  # transposed: its rule reads some inputs
+            spec = lookup_vjp(eqn.primitive.name)
+            reads = None if spec is None else spec.reads
+            needed.update(
+                v
+                for i, v in enumerate(eqn.invars)
+                if not isinstance(v, Literal) and (reads is None or i in reads)
+            )
+        elif any(v in needed for v in eqn.outvars):  # evaluated: all its inputs are read
             needed.update(v for v in eqn.invars if not isinstance(v, Literal))
     return needed
 
@@ -261,6 +287,7 @@ def evaluate(
     invariant_in: Sequence[bool] | None = None,
     *,
     linear: bool = False,
+    prune: bool = False,
 ) -> Trace:
     """Evaluate ``jaxpr`` on ``args``, keeping every value; ``active_in`` marks differentiated args.
 
@@ -269,10 +296,14 @@ def evaluate(
 
     ``linear=True`` is for a jaxpr that is linear in its active inputs (a custom JVP rule's
     tangent part), evaluated only to be transposed: first-order equations on tangents are not
-    computed (their values stand in as lazily allocated host zeros of the right shape, which
-    linear rules never read), and primal values nothing downstream needs are skipped. This is
+    computed (a :func:`placeholder` with their shape and dtype stands in, which linear rules
+    never read), and primal values nothing downstream needs are skipped. This is
     the work JAX's partial evaluation avoids: eagerly it saves dispatches, under ``jit`` it
     keeps dead code out of the program XLA has to compile.
+
+    ``prune=True`` drops each intermediate value as soon as the forward pass is done with it
+    unless the backward pass will read it (see :func:`release_points`): the trace then holds
+    residuals, as ``jax.vjp`` does, rather than everything, as ``fg.trace`` needs.
     """
     if len(args) != len(jaxpr.invars):
         raise TypeError(f"jaxpr takes {len(jaxpr.invars)} arguments, got {len(args)}")
@@ -288,6 +319,7 @@ def evaluate(
         if invariant_in is not None and invariant_in[i]:
             invariant.add(v)
     records: dict[int, Any] = {}
+    release = release_points(jaxpr, active_in) if prune else {}
     for i, eqn in enumerate(jaxpr.eqns):
         invals = [v.val if isinstance(v, Literal) else values[v] for v in eqn.invars]
         in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
@@ -305,7 +337,56 @@ def evaluate(
             values[v] = x
             if a and is_differentiable(v.aval):
                 active.add(v)
+        for v in release.get(i, ()):
+            del values[v]
     return Trace(jaxpr, consts, values, active, records, frozenset(invariant))
+
+
+def release_points(jaxpr: Jaxpr, active_in: Sequence[bool]) -> dict[int, list[Var]]:
+    """For each equation, the intermediates nothing needs once it has run.
+
+    The backward pass reads, for each equation with an active output, the inputs its rule
+    declares in ``reads`` (all of them by default, and always for higher-order rules) and the
+    outputs if the rule asks for ``out``. Every other intermediate can go after its last use in
+    the forward pass: eagerly that frees memory for the allocator to reuse (fresh pages for every
+    value cost more than the arithmetic on them); under ``jit`` it changes nothing.
+    """
+    active = {v for v, a in zip(jaxpr.invars, active_in) if a and is_differentiable(v.aval)}
+    kept: set[Var] = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
+    last_use: dict[Var, int] = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        ins = [v for v in eqn.invars if not isinstance(v, Literal)]
+        for v in ins:
+            last_use[v] = i
+        in_active = [v in active for v in ins]
+        if not any(in_active):
+            continue
+        higher = lookup_higher_order(eqn.primitive.name)
+        spec = None if higher is not None else lookup_vjp(eqn.primitive.name)
+        flags = (
+            higher.outputs_active(eqn, [not isinstance(v, Literal) and v in active
+                                        for v in eqn.invars])
+            if higher is not None
+            else [True] * len(eqn.outvars)
+        )
+        outs = [v for v, a in zip(eqn.outvars, flags)
+                if a and not isinstance(v, DropVar) and is_differentiable(v.aval)]
+        if not outs:
+            continue
+        active.update(outs)
+        if spec is None or spec.reads is None:
+            kept.update(ins)
+        else:
+            kept.update(eqn.invars[k] for k in spec.reads
+                        if not isinstance(eqn.invars[k], Literal))
+        if spec is None or spec.wants_out:
+            kept.update(v for v in eqn.outvars if not isinstance(v, DropVar))
+    release: dict[int, list[Var]] = {}
+    for i, eqn in enumerate(jaxpr.eqns):
+        for v in eqn.outvars:
+            if not isinstance(v, DropVar) and v not in kept:
+                release.setdefault(last_use.get(v, i), []).append(v)
+    return release
 
 
 def _evaluate_linear(
@@ -332,12 +413,15 @@ def _evaluate_linear(
     for i, eqn in enumerate(jaxpr.eqns):
         outs_active = any(v in active for v in eqn.outvars)
         if not outs_active and not any(v in needed for v in eqn.outvars):
+            for v in eqn.outvars:  # a stand-in for a rule that asks only its shape and dtype
+                if not isinstance(v, DropVar):
+                    values[v] = placeholder(v)
             continue
         rule = lookup_higher_order(eqn.primitive.name)
-        if outs_active and rule is None:
+        if outs_active and rule is None:  # a tangent: transposed, never computed
             for v in eqn.outvars:
                 if not isinstance(v, DropVar):
-                    values[v] = np.zeros(v.aval.shape, v.aval.dtype)
+                    values[v] = placeholder(v)
             continue
         invals = [v.val if isinstance(v, Literal) else values[v] for v in eqn.invars]
         if rule is not None:

@@ -50,6 +50,7 @@ class RuleSpec:
     wants_out: bool
     wants_needs: bool
     param_names: frozenset[str] | None  # None: the rule takes **params
+    reads: tuple[int, ...] | None = None  # inputs whose values it reads; None: all of them
 
 
 class HigherOrderRule(Protocol):
@@ -89,8 +90,16 @@ def _register(names: list[str], spec: RuleSpec) -> None:
         _VJP_RULES[name] = spec
 
 
-def vjp_rule(*primitives: Primitive | str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Register ``fn`` as the VJP rule of each of ``primitives`` (objects or names)."""
+def vjp_rule(
+    *primitives: Primitive | str, reads: Sequence[int] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` as the VJP rule of each of ``primitives`` (objects or names).
+
+    ``reads`` lists the inputs whose *values* the rule uses (``select_n``'s rule reads only the
+    selector, not the cases); the others it may only ask for shape and dtype. The default is all
+    of them. When a custom JVP rule's tangent part is transposed, inputs nobody reads are not
+    computed (the zeros ``jax.nn.relu``'s rule selects between, for instance).
+    """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(fn)
@@ -105,6 +114,7 @@ def vjp_rule(*primitives: Primitive | str) -> Callable[[Callable[..., Any]], Cal
             wants_out="out" in sig.parameters,
             wants_needs="needs" in sig.parameters,
             param_names=None if takes_var_kw else frozenset(kw),
+            reads=None if reads is None else tuple(reads),
         )
         _register([_name(p) for p in primitives], spec)
         return fn

@@ -26,6 +26,7 @@ from jax.extend.core import primitives as prims
 
 from funcgrad.interpret.rules import vjp_rule, zero_vjp
 from funcgrad.interpret.rules.broadcasting import unbroadcast
+from funcgrad.interpret.rules.fused import fused
 
 _HIGHEST = lax.AccuracyMode.HIGHEST
 _HOST = jax.memory.Space.Host
@@ -63,7 +64,7 @@ def _is_complex(x) -> bool:
 # ---- arithmetic ---------------------------------------------------------------------------------
 
 
-@vjp_rule(lax.add_p)
+@vjp_rule(lax.add_p, reads=())
 def add_vjp(ct, x, y, *, needs):  # d(x + y) = dx + dy
     return (
         unbroadcast(ct, x) if needs[0] else None,
@@ -71,12 +72,12 @@ def add_vjp(ct, x, y, *, needs):  # d(x + y) = dx + dy
     )
 
 
-@vjp_rule("add_any")
+@vjp_rule("add_any", reads=())
 def add_any_vjp(ct, x, y):  # jax.grad's cotangent accumulator: d(x + y) = dx + dy, same shapes
     return (ct, ct)
 
 
-@vjp_rule(lax.sub_p)
+@vjp_rule(lax.sub_p, reads=())
 def sub_vjp(ct, x, y, *, needs):  # d(x - y) = dx - dy
     return (
         unbroadcast(ct, x) if needs[0] else None,
@@ -95,7 +96,7 @@ def mul_vjp(ct, x, y, *, needs, out_dtype=None):
     )
 
 
-@vjp_rule(lax.neg_p)
+@vjp_rule(lax.neg_p, reads=())
 def neg_vjp(ct, x):  # d(-x) = -dx
     return (lax.neg(ct),)
 
@@ -159,19 +160,21 @@ def clamp_vjp(ct, lo, x, hi, *, needs):
     )
 
 
-@vjp_rule(lax.select_n_p)
+@vjp_rule(lax.select_n_p, reads=(0,))
 def select_n_vjp(ct, which, *cases, needs):
     """select_n(which, *cases): case i gets ct where which == i, zero elsewhere; which gets none."""
     if len(cases) == 1:
         return (None, ct)
+    return (None, *(_case_ct(which, ct, i) if need else None for i, need in enumerate(needs[1:])))
+
+
+@fused(static_argnames=("i",))
+def _case_ct(which, ct, i):
+    """``ct`` where ``which == i``, zero elsewhere (one fused program when eager)."""
     zeros = _zeros(ct)
-
-    def case_ct(i):
-        if _dtype(which) == np.bool_:  # False picks case 0, True case 1
-            return lax.select_n(which, *((ct, zeros) if i == 0 else (zeros, ct)))
-        return _select(lax.eq(which, _const(which, i)), ct, zeros)
-
-    return (None, *(case_ct(i) if need else None for i, need in enumerate(needs[1:])))
+    if _dtype(which) == np.bool_:  # False picks case 0, True case 1
+        return lax.select_n(which, *((ct, zeros) if i == 0 else (zeros, ct)))
+    return _select(lax.eq(which, _const(which, i)), ct, zeros)
 
 
 @vjp_rule(lax.abs_p)
@@ -457,7 +460,7 @@ def conj_vjp(ct, x, *, input_dtype=None):  # conj is linear: its transpose is co
 # ---- identity-like: copies, placement and layout hints ------------------------------------------
 
 
-@vjp_rule(lax.copy_p)
+@vjp_rule(lax.copy_p, reads=())
 def copy_vjp(ct, x):  # a copy is the identity
     return (ct,)
 

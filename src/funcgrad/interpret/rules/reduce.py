@@ -71,7 +71,7 @@ def _balanced_eq(x, z, y):
 # ---- reductions -----------------------------------------------------------------------------
 
 
-@vjp_rule(lax.reduce_sum_p)
+@vjp_rule(lax.reduce_sum_p, reads=())
 def reduce_sum_vjp(ct, x, *, axes):  # d sum(x) = 1 for every summed element
     return (_broadcast_back(ct, x, axes),)
 

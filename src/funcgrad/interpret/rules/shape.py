@@ -23,7 +23,7 @@ def _scalar_zero(ct):
     return np.zeros((), ct.dtype)  # a literal in the jaxpr, like JAX's own transposes use
 
 
-@vjp_rule(lax.broadcast_in_dim_p)
+@vjp_rule(lax.broadcast_in_dim_p, reads=())
 def broadcast_in_dim_vjp(ct, x, *dyn_shape, shape, broadcast_dimensions):
     """d broadcast(x) = sum of ct over the new dims and over x's size-1 dims that grew."""
     x_shape = np.shape(x)
@@ -35,28 +35,28 @@ def broadcast_in_dim_vjp(ct, x, *dyn_shape, shape, broadcast_dimensions):
     return (lax.reshape(summed, x_shape), *([None] * len(dyn_shape)))
 
 
-@vjp_rule(lax.reshape_p)
+@vjp_rule(lax.reshape_p, reads=())
 def reshape_vjp(ct, x, *dyn_shape):  # reshape is a relabelling: reshape ct back
     return (lax.reshape(ct, np.shape(x)), *([None] * len(dyn_shape)))
 
 
-@vjp_rule(lax.squeeze_p)
+@vjp_rule(lax.squeeze_p, reads=())
 def squeeze_vjp(ct, x):  # squeeze drops size-1 dims: put them back
     return (lax.reshape(ct, np.shape(x)),)
 
 
-@vjp_rule(lax.transpose_p)
+@vjp_rule(lax.transpose_p, reads=())
 def transpose_vjp(ct, x, *, permutation):  # d transpose(x, p) = transpose(ct, p^-1)
     inverse = tuple(int(i) for i in np.argsort(permutation))
     return (lax.transpose(ct, inverse),)
 
 
-@vjp_rule(lax.rev_p)
+@vjp_rule(lax.rev_p, reads=())
 def rev_vjp(ct, x, *, dimensions):  # reversal is its own inverse
     return (lax.rev(ct, dimensions),)
 
 
-@vjp_rule(lax.convert_element_type_p)
+@vjp_rule(lax.convert_element_type_p, reads=())
 def convert_element_type_vjp(ct, x):
     """d convert(x) = dx for float->float (the interpreter casts ct back); none for int/bool x."""
     x_dtype = x.dtype if hasattr(x, "dtype") else np.result_type(x)  # x may be a Python scalar
@@ -69,14 +69,14 @@ def convert_element_type_vjp(ct, x):
     return (ct,)
 
 
-@vjp_rule(lax.concatenate_p)
+@vjp_rule(lax.concatenate_p, reads=())
 def concatenate_vjp(ct, *xs, dimension, needs):
     """d concat(x1, x2, ...) = the slices of ct at the cumulative offsets (one ``split``)."""
     pieces = lax.split(ct, [np.shape(x)[dimension] for x in xs], axis=dimension)
     return tuple(p if need else None for p, need in zip(pieces, needs))
 
 
-@vjp_rule(lax.split_p)
+@vjp_rule(lax.split_p, reads=())
 def split_vjp(cts, x, *, sizes, axis):
     """d split(x) = concatenate of the pieces' cotangents (zeros for pieces nobody reads)."""
     shape = list(np.shape(x))
@@ -102,7 +102,7 @@ def unstack_vjp(cts, x, *, axis):
     return (lax.stack_p.bind(*pieces, axis=axis),)
 
 
-@vjp_rule(lax.tile_p)
+@vjp_rule(lax.tile_p, reads=())
 def tile_vjp(ct, x, *, reps):
     """d tile(x, reps) = ct viewed as (rep_0, n_0, rep_1, n_1, ...) summed over the rep axes."""
     x_shape = np.shape(x)
@@ -111,7 +111,7 @@ def tile_vjp(ct, x, *, reps):
     return (lax.reduce_sum(lax.reshape(ct, interleaved), rep_axes),)
 
 
-@vjp_rule(lax.slice_p)
+@vjp_rule(lax.slice_p, reads=())
 def slice_vjp(ct, x, *, start_indices, limit_indices, strides):
     """d x[start:limit:stride] = ct placed at the strided positions of zeros (one ``pad``)."""
     x_shape = np.shape(x)
@@ -126,7 +126,7 @@ def slice_vjp(ct, x, *, start_indices, limit_indices, strides):
     return (lax.pad(ct, _scalar_zero(ct), config),)
 
 
-@vjp_rule(lax.pad_p)
+@vjp_rule(lax.pad_p, reads=())
 def pad_vjp(ct, x, padding_value, *, padding_config, needs):
     """d pad(x, v): x gets ct un-padded (strided by interior+1); v gets sum(ct) - sum(x's part).
 

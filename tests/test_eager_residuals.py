@@ -1,0 +1,130 @@
+"""Eager work the interpreter saves: residuals only, fused masks, cached custom JVP traces.
+
+Each saving must leave the gradient unchanged and fail loudly if a rule reads what was dropped.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import lax
+from jax.extend.core import DropVar, Primitive
+
+import funcgrad as fg
+from funcgrad.interpret import api
+from funcgrad.interpret.backward import backward
+from funcgrad.interpret.rules import _VJP_RULES, vjp_rule
+from funcgrad.interpret.rules.fused import fused
+
+X = jax.random.normal(jax.random.PRNGKey(0), (4, 6))
+W = jax.random.normal(jax.random.PRNGKey(1), (6, 3))
+
+
+def conv_like(w, x):
+    """Slices, a concatenate, a pad, a reshape and a matmul: most intermediates are dead."""
+    p = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (1, 1, 0)])
+    cols = jnp.concatenate([p[:, 0:6], p[:, 1:7], p[:, 2:8]], axis=0)
+    h = jax.nn.relu(cols @ w)
+    return jnp.sum(jnp.tanh(h).reshape(-1) ** 2)
+
+
+def _traced(fun, *args):
+    return api._Traced(fun, args, {}, (0,), False)
+
+
+def test_pruned_evaluation_keeps_only_residuals_and_gives_the_same_gradient():
+    traced = _traced(conv_like, W, X)
+    full = traced.evaluate()
+    pruned = traced.evaluate(prune=True)
+    assert len(pruned.values) < len(full.values)
+    prims = {v: e.primitive.name for e in traced.closed.jaxpr.eqns for v in e.outvars}
+    dropped = {prims[v] for v in full.values if v not in pruned.values}
+    assert {"pad", "slice"} <= dropped  # shape-only rules: their inputs need not stay
+    kept = {prims[v] for v in pruned.values if v in prims}
+    assert "concatenate" in kept  # the matmul's rule reads its operand
+    seed = [np.ones((), np.float32)]
+    g_full = backward(full, seed)[0]
+    g_pruned = backward(pruned, seed)[0]
+    np.testing.assert_array_equal(g_full, g_pruned)
+    np.testing.assert_array_equal(fg.grad(conv_like)(W, X), jax.grad(conv_like)(W, X))
+
+
+def test_fg_trace_still_keeps_every_value():
+    tr = fg.trace(conv_like, W, X)
+    outs = [v for e in tr.jaxpr.eqns for v in e.outvars if not isinstance(v, DropVar)]
+    assert all(v in tr.values for v in [*tr.jaxpr.invars, *outs])
+
+
+def test_a_rule_that_reads_a_dropped_value_fails_loudly():
+    prim = Primitive("funcgrad_test_liar")
+    prim.def_impl(lambda x: x * 1.0)
+    prim.def_abstract_eval(lambda x: x)
+
+    @vjp_rule(prim, reads=())  # a false promise: the rule reads x
+    def liar_vjp(ct, x):
+        return (lax.mul(ct, x),)
+
+    try:
+
+        def f(w):
+            return jnp.sum(prim.bind(jnp.sin(w)))
+
+        with pytest.raises(TypeError):
+            fg.grad(f)(jnp.ones(3))
+    finally:
+        del _VJP_RULES["funcgrad_test_liar"]
+
+
+def test_fused_helper_is_one_program_eagerly_and_plain_primitives_under_a_trace():
+    @fused(static_argnames=("scale",))
+    def masked(pred, ct, *, scale):
+        return lax.select_n(pred, lax.full_like(ct, 0), ct * scale)
+
+    pred = jnp.array([True, False, True])
+    ct = jnp.arange(3.0)
+    np.testing.assert_array_equal(masked(pred, ct, scale=2.0), [0.0, 0.0, 4.0])
+    jaxpr = jax.make_jaxpr(lambda p, c: masked(p, c, scale=2.0))(pred, ct)
+    names = [e.primitive.name for e in jaxpr.jaxpr.eqns]
+    assert "select_n" in names and "jit" not in names and "pjit" not in names
+
+
+def test_relu_backward_graph_has_no_nested_program():
+    jaxpr = jax.make_jaxpr(fg.grad(lambda x: jnp.sum(jax.nn.relu(x))))(X)
+    names = {e.primitive.name for e in jaxpr.jaxpr.eqns}
+    assert "select_n" in names
+
+
+@pytest.mark.parametrize("shape", [(3,), (2, 5), ()])
+def test_custom_jvp_traces_are_cached_per_shape(shape):
+    fg.interpret.clear_caches()
+    f = lambda x: jnp.sum(jax.nn.relu(x) * jax.nn.softplus(x))  # noqa: E731
+    for s in [shape, (7,), shape]:  # a cached trace must not leak into another shape
+        x = jnp.linspace(-1.0, 1.0, int(np.prod(s))).reshape(s)
+        np.testing.assert_allclose(fg.grad(f)(x), jax.grad(f)(x), rtol=1e-6)
+
+
+def test_custom_jvp_cache_respects_x64():
+    f = lambda x: jnp.sum(jax.nn.relu(x))  # noqa: E731
+    x32 = jnp.array([-1.0, 0.0, 2.0])
+    assert fg.grad(f)(x32).dtype == jnp.float32
+    with jax.enable_x64(True):
+        x64 = jnp.array([-1.0, 0.0, 2.0], dtype=jnp.float64)
+        g = fg.grad(f)(x64)
+        assert g.dtype == jnp.float64
+        np.testing.assert_array_equal(g, [0.0, 0.0, 1.0])
+
+
+def test_pruned_vjp_can_be_called_twice():
+    out, vjp_fn = fg.vjp(conv_like, W, X)
+    np.testing.assert_allclose(out, conv_like(W, X), rtol=1e-6)
+    a = vjp_fn(jnp.ones(()))
+    b = vjp_fn(jnp.ones(()))
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[0], jax.grad(conv_like)(W, X))
+
+
+def test_evaluate_prune_under_jit_matches():
+    g = jax.jit(fg.grad(conv_like))(W, X)
+    np.testing.assert_allclose(g, jax.grad(conv_like)(W, X), rtol=1e-6)
