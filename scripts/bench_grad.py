@@ -5,7 +5,7 @@ classifier) it measures, for ``fg.grad(loss)`` and ``jax.grad(loss)``:
 
 - jitted step: steady-state time of ``jax.jit(grad(loss))(params, x, y)`` (median of repeats);
 - first result: trace + compile + first call of a fresh ``jax.jit(grad(loss))`` after
-  ``jax.clear_caches()`` and ``fg.interpret.clear_caches()`` (median of a few cold starts);
+  ``jax.clear_caches()`` (median of a few cold starts);
 - eager: an un-jitted ``grad(loss)(params, x, y)`` call (median of repeats, the two engines
   called in turn; both re-trace).
 
@@ -52,7 +52,6 @@ def cold_start_time(make_grad: Callable[[], Callable], args: tuple, repeats: int
     times = []
     for _ in range(repeats):
         jax.clear_caches()
-        fg.interpret.clear_caches()
         step = jax.jit(make_grad())
         t0 = time.perf_counter()
         _block(step(*args))

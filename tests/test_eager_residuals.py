@@ -1,4 +1,4 @@
-"""Eager work the interpreter saves: residuals only, fused masks, cached custom JVP traces.
+"""Eager work the interpreter saves: residuals only, fused masks, no host zeros.
 
 Each saving must leave the gradient unchanged and fail loudly if a rule reads what was dropped.
 """
@@ -97,15 +97,14 @@ def test_relu_backward_graph_has_no_nested_program():
 
 
 @pytest.mark.parametrize("shape", [(3,), (2, 5), ()])
-def test_custom_jvp_traces_are_cached_per_shape(shape):
-    fg.interpret.clear_caches()
+def test_custom_jvp_rules_on_changing_shapes(shape):
     f = lambda x: jnp.sum(jax.nn.relu(x) * jax.nn.softplus(x))  # noqa: E731
     for s in [shape, (7,), shape]:  # a cached trace must not leak into another shape
         x = jnp.linspace(-1.0, 1.0, int(np.prod(s))).reshape(s)
         np.testing.assert_allclose(fg.grad(f)(x), jax.grad(f)(x), rtol=1e-6)
 
 
-def test_custom_jvp_cache_respects_x64():
+def test_custom_jvp_rules_follow_x64():
     f = lambda x: jnp.sum(jax.nn.relu(x))  # noqa: E731
     x32 = jnp.array([-1.0, 0.0, 2.0])
     assert fg.grad(f)(x32).dtype == jnp.float32

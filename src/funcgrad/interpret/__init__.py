@@ -11,19 +11,10 @@ from funcgrad.interpret.rules import supported_primitives, vjp_rule, zero_vjp
 from funcgrad.interpret.tagging import tag
 from funcgrad.interpret.trace import Trace
 
-
-def clear_caches() -> None:
-    """Like ``jax.clear_caches()``, for funcgrad's own caches of traced custom JVP rules."""
-    from funcgrad.interpret.rules.control import clear_caches as clear_control
-
-    clear_control()
-
-
 __all__ = [
     "RuleError",
     "Trace",
     "UnsupportedPrimitiveError",
-    "clear_caches",
     "grad",
     "hessian",
     "jacrev",

@@ -9,7 +9,6 @@ over the body's VJP, so ``jax.jit(fg.grad(f))`` compiles to loops, not unrolled 
 
 from __future__ import annotations
 
-import collections
 from typing import Any
 
 import jax
@@ -154,40 +153,21 @@ class CallVjp:
         return backward(record, cts)
 
 
-_JVP_JAXPRS: collections.OrderedDict[Any, tuple[Any, Any, Any]] = collections.OrderedDict()
-_JVP_JAXPRS_MAX = 256
-
-
-def _jvp_jaxpr(eqn: Any, zero_flags: tuple[bool, ...]) -> tuple[Any, Any, Any]:
-    """The custom JVP rule traced to a jaxpr, cached across calls as ``jax.jit`` caches traces.
-
-    Each call of ``fg.grad`` re-traces the user's function, but the ``jvp_jaxpr_fun`` of the same
-    ``custom_jvp`` compares equal across traces (JAX's own trace caches key on it too); with the
-    input avals and the x64 setting that identifies the trace. Results holding tracers (a rule
-    that closes over a value of an enclosing trace) are not kept.
-    """
-    fun = eqn.params["jvp_jaxpr_fun"]
-    key = (fun, zero_flags, tuple(v.aval for v in eqn.invars), jax.config.jax_enable_x64)
-    try:
-        hit = _JVP_JAXPRS.get(key)
-    except TypeError:  # unhashable parts: trace every time
-        return fun.call_wrapped(*zero_flags)
-    if hit is not None:
-        _JVP_JAXPRS.move_to_end(key)
-        return hit
-    result = fun.call_wrapped(*zero_flags)
-    jaxpr, consts, _ = result
-    leaves = jax.tree.leaves((getattr(jaxpr, "consts", ()), consts))
-    if not any(isinstance(c, jax.core.Tracer) for c in leaves):
-        _JVP_JAXPRS[key] = result
-        if len(_JVP_JAXPRS) > _JVP_JAXPRS_MAX:
-            _JVP_JAXPRS.popitem(last=False)
-    return result
-
-
-def clear_caches() -> None:
-    """Forget the custom JVP rules traced so far (for cold-start measurements and tests)."""
-    _JVP_JAXPRS.clear()
+def _transpose_jvp(
+    closed: Any, jvp_consts: list[Any], primals: list[Any], tangent_cts: list[Any]
+) -> list[Any]:
+    """Cotangents of a JVP jaxpr's tangent inputs: its linear part transposed, primals fixed."""
+    jvp_jaxpr, more_consts = _open(closed)
+    tangent_avals = [v.aval for v in jvp_jaxpr.invars[len(primals) :]]
+    # shape and dtype only: the linear evaluation never reads a tangent's value
+    tangents = [jax.ShapeDtypeStruct(aval.shape, _tangent_dtype(aval)) for aval in tangent_avals]
+    active = [False] * len(primals) + [True] * len(tangents)
+    sub = evaluate(
+        jvp_jaxpr, [*more_consts, *jvp_consts], [*primals, *tangents], active, linear=True
+    )
+    n_primal_outs = len(jvp_jaxpr.outvars) - len(tangent_cts)
+    in_cts = backward(sub, [None] * n_primal_outs + list(tangent_cts))
+    return in_cts[len(primals) :]
 
 
 @higher_order_rule("custom_jvp_call")
@@ -216,20 +196,10 @@ class CustomJvpVjp:
             zero_flags = [not n for n in needs[nc:]]
         else:  # JAX instantiates every tangent for these rules
             zero_flags = [False] * len(primals)
-        jvp_jaxpr, jvp_consts, out_zeros = _jvp_jaxpr(eqn, tuple(zero_flags))
-        jvp_jaxpr, more_consts = _open(jvp_jaxpr)
-        tangent_avals = [v.aval for v in jvp_jaxpr.invars[len(primals) :]]
-        # shape and dtype only: the linear evaluation never reads a tangent's value
-        tangents = [
-            jax.ShapeDtypeStruct(aval.shape, _tangent_dtype(aval)) for aval in tangent_avals
-        ]
-        active = [False] * len(primals) + [True] * len(tangents)
-        sub = evaluate(
-            jvp_jaxpr, [*more_consts, *jvp_consts], [*primals, *tangents], active, linear=True
-        )
+        closed, jvp_consts, out_zeros = params["jvp_jaxpr_fun"].call_wrapped(*zero_flags)
         tangent_cts = [ct for ct, zero in zip(cts, out_zeros) if not zero]
-        in_cts = backward(sub, [None] * len(out_zeros) + tangent_cts)
-        tangent_in_cts = iter(in_cts[len(primals) :])
+        in_cts = _transpose_jvp(closed, list(jvp_consts), list(primals), tangent_cts)
+        tangent_in_cts = iter(in_cts)
         return [None] * nc + [None if zero else next(tangent_in_cts) for zero in zero_flags]
 
 

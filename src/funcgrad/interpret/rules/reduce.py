@@ -20,6 +20,7 @@ import numpy as np
 from jax import lax
 
 from funcgrad.interpret.rules import vjp_rule
+from funcgrad.interpret.rules.fused import fused
 
 # ---- helpers --------------------------------------------------------------------------------
 
@@ -79,9 +80,18 @@ def reduce_sum_vjp(ct, x, *, axes):  # d sum(x) = 1 for every summed element
 @vjp_rule(lax.reduce_max_p, lax.reduce_min_p)
 def reduce_chooser_vjp(ct, x, *, out, axes):
     """d max(x) = [x == max(x)] / #[x == max(x)]: ties share equally (NaN: no position matches)."""
+    share, hits = _chooser_share(ct, x, out, axes=tuple(axes))
+    # The product stays outside the fused program: compiled, XLA rewrites share * hits as a
+    # select and turns JAX's NaN (inf * 0 where no position matches) into 0.
+    return (lax.mul(share, hits),)
+
+
+@fused(static_argnames=("axes",))
+def _chooser_share(ct, x, out, *, axes):
+    """Each position's share of ``ct`` (ct / #maxima, broadcast back) and the 0/1 hit mask."""
     hits = lax.convert_element_type(lax.eq(x, _broadcast_back(out, x, axes)), ct.dtype)
     count = lax.reduce_sum(hits, axes)
-    return (lax.mul(_broadcast_back(lax.div(ct, count), x, axes), hits),)
+    return _broadcast_back(lax.div(ct, count), x, axes), hits
 
 
 def _prod_of_others(x, axis: int):
