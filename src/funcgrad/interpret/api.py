@@ -119,9 +119,14 @@ class _Traced:
         return [v.aval for v in self.closed.jaxpr.outvars[: self.n_out]]
 
     def evaluate(self, *, prune: bool = False) -> Trace:
-        """Evaluate forward; ``prune=True`` keeps only what the backward pass reads."""
+        """Evaluate forward; ``prune=True`` keeps only what the backward pass reads.
+
+        Pruning is for eager calls: under a trace (``jax.jit``) XLA drops dead values itself, so
+        the bookkeeping would only add tracing time.
+        """
         closed = self.closed
         active = [True] * len(self.dyn_args)
+        prune = prune and not any(isinstance(a, jax.core.Tracer) for a in self.dyn_args)
         return evaluate(closed.jaxpr, closed.consts, self.dyn_args, active, prune=prune)
 
     def split_outputs(self, values: list[Any]) -> tuple[Any, Any]:
