@@ -387,7 +387,7 @@ def test_a_nan_in_the_data_is_reported_with_the_loss():
 # Checkpoints and resuming
 
 
-def resume_setup():
+def resume_setup(dropout_rate=0.0):
     x, y = fg.data.two_moons(jax.random.key(0), 300, noise=0.2)
     params = mlp.init(jax.random.key(1), [2, 16, 16, 1])
     optimizer = optax.chain(
@@ -401,12 +401,14 @@ def resume_setup():
         has_aux=True,
         eval_data=(x[:100], y[:100]),
     )
-    return moons_loss(), params, (x, y), common
+    loss_fn = train.classifier_loss(mlp.apply, dropout_rate=dropout_rate)
+    return loss_fn, params, (x, y), common
 
 
+@pytest.mark.parametrize("dropout_rate", [0.0, 0.3])
 @pytest.mark.parametrize("engine", ENGINES)
-def test_resuming_reproduces_the_uninterrupted_run_exactly(tmp_path, engine):
-    loss_fn, params, data, common = resume_setup()
+def test_resuming_reproduces_the_uninterrupted_run_exactly(tmp_path, engine, dropout_rate):
+    loss_fn, params, data, common = resume_setup(dropout_rate)
     straight, h_straight = train.fit(loss_fn, params, data, epochs=4, grad_engine=engine, **common)
     path = tmp_path / "ckpt.fgz"
     train.fit(loss_fn, params, data, epochs=2, grad_engine=engine, checkpoint_path=path, **common)
@@ -597,3 +599,46 @@ def test_sharded_over_8_devices_matches_one_device(engine):
     assert result["acc8"] == pytest.approx(result["acc1"], abs=1 / 200)
     assert result["replicated"] and result["devices"] == 8
     assert "batch_size=60 does not split evenly over the 8 devices" in result["uneven"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-step keys (dropout)
+
+
+def key_probe_loss(params, x, y, key=None):
+    """An MSE whose aux reports a uniform draw from the step's key (0 without one)."""
+    loss = jnp.mean((x @ params["w"] - y) ** 2)
+    draw = jnp.zeros(()) if key is None else jax.random.uniform(key)
+    return loss, {"draw": draw}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_loss_with_a_key_parameter_gets_a_fresh_key_every_step(engine):
+    x = jax.random.normal(jax.random.key(0), (256, 3))
+    y = x @ jnp.array([1.0, -2.0, 0.5])
+    common = dict(optimizer=optax.sgd(0.1), batch_size=32, key=jax.random.key(3), has_aux=True)
+    params = {"w": jnp.zeros(3)}
+    _, history = train.fit(
+        key_probe_loss, params, (x, y), epochs=3, grad_engine=engine, eval_data=(x, y), **common
+    )
+    draws = history["draw"]  # the epoch mean of 8 uniform draws, one per step
+    assert len(set(draws)) == 3 and all(0.1 < d < 0.9 for d in draws)
+    assert history["eval_draw"] == [0.0, 0.0, 0.0]  # evaluation passes no key
+    _, again = train.fit(key_probe_loss, params, (x, y), epochs=3, grad_engine=engine, **common)
+    assert again["draw"] == draws  # the keys follow from fit's key: reproducible
+
+
+def test_dropout_through_classifier_loss_trains_and_differs_from_no_dropout(moons):
+    (x, y), (x_te, y_te) = moons
+    params = mlp.init(jax.random.key(1), [2, 32, 32, 1])
+    common = dict(optimizer=optax.adam(1e-2), batch_size=32, key=jax.random.key(2), has_aux=True)
+    with_dropout = train.classifier_loss(mlp.apply, dropout_rate=0.2, activation="tanh")
+    trained, history = train.fit(with_dropout, params, (x, y), epochs=30, **common)
+    assert history["loss"][-1] < history["loss"][0]
+    plain, _ = train.fit(
+        train.classifier_loss(mlp.apply, activation="tanh"), params, (x, y), epochs=1, **common
+    )
+    first_epoch, _ = train.fit(with_dropout, params, (x, y), epochs=1, **common)
+    assert not leaves_equal(plain, first_epoch)  # dropout changed the steps
+    _, metrics = with_dropout(trained, x_te, y_te)  # no key: evaluation mode, deterministic
+    assert float(metrics["accuracy"]) >= 0.95

@@ -42,6 +42,7 @@ collective.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import sys
 import time
@@ -130,18 +131,35 @@ def classifier_loss(apply_fn: Callable[..., jax.Array], **apply_kwargs: Any) -> 
     cross-entropy; with one logit per example (``(batch, 1)`` or ``(batch,)``) and 0/1 labels it
     is sigmoid binary cross-entropy. Both are batch means, and
     so is the accuracy.
+
+    With a non-zero ``dropout_rate`` in ``apply_kwargs`` the loss takes ``key=None`` too: ``fit``
+    passes a fresh key each training step (``apply_fn(..., key=key, train=True)``), evaluation
+    passes none (``train=False``: no dropout).
     """
 
     def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
-        logits = apply_fn(params, x, **apply_kwargs)
-        if logits.ndim == 1 or logits.shape[-1] == 1:  # one logit per example: binary
-            logits = logits.reshape(y.shape)
-            loss = losses.sigmoid_binary_cross_entropy(logits, y.astype(logits.dtype))
-        else:
-            loss = losses.softmax_cross_entropy(logits, y)
-        return loss, {"accuracy": losses.accuracy(logits, y, from_logits=True)}
+        return _classify(apply_fn(params, x, **apply_kwargs), y)
 
+    if apply_kwargs.get("dropout_rate", 0.0):
+
+        def dropout_loss_fn(
+            params: Any, x: jax.Array, y: jax.Array, key: jax.Array | None = None
+        ) -> tuple[jax.Array, dict[str, Any]]:
+            train = key is not None  # fit passes a fresh key per training step; eval passes none
+            return _classify(apply_fn(params, x, key=key, train=train, **apply_kwargs), y)
+
+        return dropout_loss_fn
     return loss_fn
+
+
+def _classify(logits: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    """(batch-mean cross-entropy, {"accuracy": ...}) of logits against labels."""
+    if logits.ndim == 1 or logits.shape[-1] == 1:  # one logit per example: binary
+        logits = logits.reshape(y.shape)
+        loss = losses.sigmoid_binary_cross_entropy(logits, y.astype(logits.dtype))
+    else:
+        loss = losses.softmax_cross_entropy(logits, y)
+    return loss, {"accuracy": losses.accuracy(logits, y, from_logits=True)}
 
 
 def regression_loss(apply_fn: Callable[..., jax.Array], **apply_kwargs: Any) -> LossFn:
@@ -282,6 +300,27 @@ def _to_float(x: Any) -> float:
 # The compiled programs
 
 
+def _takes_key(loss_fn: Callable[..., Any]) -> bool:
+    """Whether ``loss_fn`` accepts a ``key`` keyword (for dropout): fit then passes one per step."""
+    try:
+        parameters = inspect.signature(loss_fn).parameters
+    except (TypeError, ValueError):  # builtins, some C callables: no key
+        return False
+    param = parameters.get("key")
+    return param is not None and param.kind in (
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+        inspect.Parameter.KEYWORD_ONLY,
+    )
+
+
+def _step_key(epoch_key: jax.Array, step: Any) -> jax.Array:
+    """The key of one training step: its own stream, independent of the epoch's shuffle."""
+    return jax.random.fold_in(jax.random.fold_in(epoch_key, _DROPOUT_STREAM), step)
+
+
+_DROPOUT_STREAM = 0x0D0  # fold_in tag separating per-step keys from the shuffling key
+
+
 class _Programs:
     """The jitted epoch (fast and checked), the single-step diagnosis and evaluation of one fit."""
 
@@ -305,6 +344,7 @@ class _Programs:
         else:
             self.value_and_grad = jax.value_and_grad(loss_fn, has_aux=has_aux)
         self.optimizer = optimizer
+        self.takes_key = _takes_key(loss_fn)
         self.has_aux = has_aux
         self.eval_fn = eval_fn
         self.batch_size = batch_size
@@ -324,8 +364,13 @@ class _Programs:
         self.diagnose = jit(self._diagnose)
         self.eval = jit(self._eval, static_argnames="batch_size")
 
-    def _step(self, params: Any, opt_state: Any, x: jax.Array, y: jax.Array) -> tuple:
-        out, grads = self.value_and_grad(params, x, y)
+    def _step(
+        self, params: Any, opt_state: Any, x: jax.Array, y: jax.Array, step_key: jax.Array
+    ) -> tuple:
+        if self.takes_key:
+            out, grads = self.value_and_grad(params, x, y, key=step_key)
+        else:
+            out, grads = self.value_and_grad(params, x, y)
         loss, aux = out if self.has_aux else (out, {})
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, aux, grads
@@ -374,7 +419,8 @@ class _Programs:
         def body(carry: tuple, index: jax.Array) -> tuple:
             params, opt_state, bad, i = carry
             batch = self._batch(x, y, index)
-            new_params, new_state, loss, aux, _ = self._step(params, opt_state, *batch)
+            step_key = _step_key(key, i)
+            new_params, new_state, loss, aux, _ = self._step(params, opt_state, *batch, step_key)
             if checked:
                 ok = jnp.isfinite(loss) & _all_finite(new_params) & (bad < 0)
                 new_params, new_state = jax.tree_util.tree_map(
@@ -417,7 +463,9 @@ class _Programs:
     ) -> tuple:
         """Re-run step ``step`` of the epoch from the given state: (loss, finite per leaf)."""
         batch = self._batch(x, y, self._order(key, x.shape[0])[step])
-        new_params, _, loss, _, grads = self._step(params, opt_state, *batch)
+        new_params, _, loss, _, grads = self._step(
+            params, opt_state, *batch, _step_key(key, step)
+        )
         finite = jax.tree_util.tree_map(lambda a: jnp.all(jnp.isfinite(a)), (new_params, grads))
         return loss, finite
 
@@ -590,7 +638,10 @@ def fit(
       loss_fn: ``loss_fn(params, x_batch, y_batch) -> scalar loss`` (a batch mean), or with
         ``has_aux=True`` ``-> (loss, {"accuracy": acc, ...})``: the aux metrics (scalar batch
         means) are averaged per epoch into ``history`` under their own names. See
-        :func:`classifier_loss` and :func:`regression_loss`.
+        :func:`classifier_loss` and :func:`regression_loss`. A ``loss_fn`` with a ``key``
+        parameter (``key=None`` by default) gets a fresh key every training step, for dropout:
+        ``fold_in(fold_in(epoch_key, 0xD0), step)``, so resumed runs see the same keys; the
+        evaluation calls it without one.
       params: the initial params pytree (floating-point arrays). It is copied, never modified.
       train_data: ``(x, y)`` arrays with the same leading length ``n``.
       optimizer: an optax ``GradientTransformation`` (sgd, momentum, adam, adamw, chains with
