@@ -414,18 +414,23 @@ class Torch(Trainer):
 # The machine
 
 
+def _median_seconds(f: Callable[..., Any], *args: Any, repeats: int) -> float:
+    """Median wall time of ``f(*args)`` after one warm-up call (compilation excluded)."""
+    jax.block_until_ready(f(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def matmul_peak(size: int = 2048, repeats: int = 15) -> float:
     """Median GFLOP/s of a jitted size x size float32 matmul."""
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    f = jax.jit(lambda a, b: a @ b)
-    jax.block_until_ready(f(a, b))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(a, b))
-        times.append(time.perf_counter() - t0)
-    return 2 * size**3 / statistics.median(times) / 1e9
+    seconds = _median_seconds(jax.jit(lambda a, b: a @ b), a, b, repeats=repeats)
+    return 2 * size**3 / seconds / 1e9
 
 
 def scan_matmul_rate(batch: int, steps: int = 468, repeats: int = 9) -> float:
@@ -445,14 +450,8 @@ def scan_matmul_rate(batch: int, steps: int = 468, repeats: int = 9) -> float:
 
         return jax.lax.scan(step, w, xs)[0]
 
-    f = jax.jit(loop)
-    jax.block_until_ready(f(xs, w))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(xs, w))
-        times.append(time.perf_counter() - t0)
-    return 2 * 2 * steps * batch * 784 * 64 / statistics.median(times) / 1e9
+    seconds = _median_seconds(jax.jit(loop), xs, w, repeats=repeats)
+    return 2 * 2 * steps * batch * 784 * 64 / seconds / 1e9
 
 
 def machine() -> str:
