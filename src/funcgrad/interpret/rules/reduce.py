@@ -81,8 +81,8 @@ def reduce_sum_vjp(ct, x, *, axes):  # d sum(x) = 1 for every summed element
 def reduce_chooser_vjp(ct, x, *, out, axes):
     """d max(x) = [x == max(x)] / #[x == max(x)]: ties share equally (NaN: no position matches)."""
     share, hits = _chooser_share(ct, x, out, axes=tuple(axes))
-    # The product stays outside the fused program: compiled, XLA rewrites share * hits as a
-    # select and turns JAX's NaN (inf * 0 where no position matches) into 0.
+    # The product stays outside the fused program: compiled together, XLA returns 0 where JAX's
+    # eager product gives NaN (inf * 0 where no position matches; jax.jit(jax.grad) gives 0 too).
     return (lax.mul(share, hits),)
 
 
