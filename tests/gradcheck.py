@@ -6,7 +6,7 @@ implementations may order a sum differently); float64 rtol=1e-10, atol=1e-12.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,18 +121,21 @@ def weighted_sum(f: Callable, integer_weights: bool = False) -> Callable:
     return loss
 
 
-def primitives_of(jaxpr: Jaxpr, found: set[str] | None = None) -> set[str]:
-    """Names of every primitive in ``jaxpr``, sub-jaxprs (jit, scan, ...) included."""
-    found = set() if found is None else found
+def all_eqns(jaxpr: Jaxpr) -> Iterator[Any]:
+    """Every equation of ``jaxpr``, those of its sub-jaxprs (jit, scan, ...) included."""
     for eqn in jaxpr.eqns:
-        found.add(eqn.primitive.name)
+        yield eqn
         for param in eqn.params.values():
             for sub in param if isinstance(param, (tuple, list)) else [param]:
                 if isinstance(sub, ClosedJaxpr):
-                    primitives_of(sub.jaxpr, found)
+                    yield from all_eqns(sub.jaxpr)
                 elif isinstance(sub, Jaxpr):
-                    primitives_of(sub, found)
-    return found
+                    yield from all_eqns(sub)
+
+
+def primitives_of(jaxpr: Jaxpr) -> set[str]:
+    """Names of every primitive in ``jaxpr``, sub-jaxprs (jit, scan, ...) included."""
+    return {eqn.primitive.name for eqn in all_eqns(jaxpr)}
 
 
 def assert_uses(primitive: str, f: Callable, *args: Any) -> None:

@@ -16,33 +16,21 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from gradcheck import (
+    all_eqns,
     assert_grads_match,
     assert_trees_close,
     randn,
     weighted_sum,
 )
 from jax import lax
-from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import funcgrad as fg
 
 
 def dot_generals(f: Callable, *args) -> list:
     """The dimension_numbers of every dot_general in f's jaxpr (sub-jaxprs included)."""
-
-    def walk(jaxpr: Jaxpr, found: list) -> list:
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == "dot_general":
-                found.append(eqn.params["dimension_numbers"])
-            for param in eqn.params.values():
-                for sub in param if isinstance(param, (tuple, list)) else [param]:
-                    if isinstance(sub, ClosedJaxpr):
-                        walk(sub.jaxpr, found)
-                    elif isinstance(sub, Jaxpr):
-                        walk(sub, found)
-        return found
-
-    return walk(jax.make_jaxpr(f)(*args).jaxpr, [])
+    eqns = all_eqns(jax.make_jaxpr(f)(*args).jaxpr)
+    return [e.params["dimension_numbers"] for e in eqns if e.primitive.name == "dot_general"]
 
 
 EINSUMS = [
