@@ -30,6 +30,7 @@ from funcgrad.interpret.rules import lookup_higher_order, lookup_vjp
 __all__ = [
     "INSPECTING",
     "Trace",
+    "active_vars",
     "evaluate",
     "is_differentiable",
     "jaxpr_activity",
@@ -257,6 +258,24 @@ def _bind(eqn: JaxprEqn, invals: list[Any]) -> list[Any]:
     return list(out) if eqn.primitive.multiple_results else [out]
 
 
+def read_when_transposed(eqn: JaxprEqn) -> list[Var]:
+    """The variables whose values the backward pass reads to transpose ``eqn``.
+
+    The inputs its rule declares in ``reads`` (all of them by default, and always for
+    higher-order rules, which have no ``reads``), and the outputs if the rule asks for ``out``.
+    """
+    spec = lookup_vjp(eqn.primitive.name)  # None for higher-order primitives
+    reads = None if spec is None else spec.reads
+    ins = [
+        v
+        for i, v in enumerate(eqn.invars)
+        if not isinstance(v, Literal) and (reads is None or i in reads)
+    ]
+    if spec is None or spec.wants_out:
+        ins.extend(v for v in eqn.outvars if not isinstance(v, DropVar))
+    return ins
+
+
 def _needed_by_linear_part(jaxpr: Jaxpr, active: set[Var]) -> set[Var]:
     """Variables whose values the backward pass of a linear (tangent) jaxpr reads.
 
@@ -267,13 +286,7 @@ def _needed_by_linear_part(jaxpr: Jaxpr, active: set[Var]) -> set[Var]:
     needed: set[Var] = set()
     for eqn in reversed(jaxpr.eqns):
         if any(v in active for v in eqn.outvars):  # transposed: its rule reads some inputs
-            spec = lookup_vjp(eqn.primitive.name)
-            reads = None if spec is None else spec.reads
-            needed.update(
-                v
-                for i, v in enumerate(eqn.invars)
-                if not isinstance(v, Literal) and (reads is None or i in reads)
-            )
+            needed.update(read_when_transposed(eqn))
         elif any(v in needed for v in eqn.outvars):  # evaluated: all its inputs are read
             needed.update(v for v in eqn.invars if not isinstance(v, Literal))
     return needed
@@ -345,42 +358,18 @@ def evaluate(
 def release_points(jaxpr: Jaxpr, active_in: Sequence[bool]) -> dict[int, list[Var]]:
     """For each equation, the intermediates nothing needs once it has run.
 
-    The backward pass reads, for each equation with an active output, the inputs its rule
-    declares in ``reads`` (all of them by default, and always for higher-order rules) and the
-    outputs if the rule asks for ``out``. Every other intermediate can go after its last use in
-    the forward pass: eagerly that frees memory for the allocator to reuse (fresh pages for every
-    value cost more than the arithmetic on them); under ``jit`` it changes nothing.
+    The backward pass reads only :func:`read_when_transposed` of each equation with an active
+    output. Every other intermediate can go after its last use in the forward pass, which
+    frees memory for the allocator to reuse (fresh pages for every value cost more than the
+    arithmetic on them).
     """
-    active = {v for v, a in zip(jaxpr.invars, active_in) if a and is_differentiable(v.aval)}
+    active = active_vars(jaxpr, active_in)
     kept: set[Var] = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
     last_use: dict[Var, int] = {}
     for i, eqn in enumerate(jaxpr.eqns):
-        ins = [v for v in eqn.invars if not isinstance(v, Literal)]
-        for v in ins:
-            last_use[v] = i
-        in_active = [v in active for v in ins]
-        if not any(in_active):
-            continue
-        higher = lookup_higher_order(eqn.primitive.name)
-        spec = None if higher is not None else lookup_vjp(eqn.primitive.name)
-        flags = (
-            higher.outputs_active(eqn, [not isinstance(v, Literal) and v in active
-                                        for v in eqn.invars])
-            if higher is not None
-            else [True] * len(eqn.outvars)
-        )
-        outs = [v for v, a in zip(eqn.outvars, flags)
-                if a and not isinstance(v, DropVar) and is_differentiable(v.aval)]
-        if not outs:
-            continue
-        active.update(outs)
-        if spec is None or spec.reads is None:
-            kept.update(ins)
-        else:
-            kept.update(eqn.invars[k] for k in spec.reads
-                        if not isinstance(eqn.invars[k], Literal))
-        if spec is None or spec.wants_out:
-            kept.update(v for v in eqn.outvars if not isinstance(v, DropVar))
+        last_use.update((v, i) for v in eqn.invars if not isinstance(v, Literal))
+        if any(v in active for v in eqn.outvars):  # transposed: keep what its rule reads
+            kept.update(read_when_transposed(eqn))
     release: dict[int, list[Var]] = {}
     for i, eqn in enumerate(jaxpr.eqns):
         for v in eqn.outvars:
@@ -393,21 +382,8 @@ def _evaluate_linear(
     jaxpr: Jaxpr, consts: Sequence[Any], args: Sequence[Any], active_in: Sequence[bool]
 ) -> Trace:
     values: dict[Var, Any] = dict(zip(jaxpr.constvars, consts))
-    active: set[Var] = set()
-    for v, x, a in zip(jaxpr.invars, args, active_in):
-        values[v] = x
-        if a and is_differentiable(v.aval):
-            active.add(v)
-    # activity first (static), then what the transposition will read
-    for eqn in jaxpr.eqns:
-        if any(not isinstance(v, Literal) and v in active for v in eqn.invars):
-            rule = lookup_higher_order(eqn.primitive.name)
-            in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
-            flags = rule.outputs_active(eqn, in_active) if rule else [True] * len(eqn.outvars)
-            active.update(
-                v for v, a in zip(eqn.outvars, flags)
-                if a and not isinstance(v, DropVar) and is_differentiable(v.aval)
-            )
+    values.update(zip(jaxpr.invars, args))
+    active = active_vars(jaxpr, active_in)  # activity first (static), then what is read
     needed = _needed_by_linear_part(jaxpr, active)
     records: dict[int, Any] = {}
     for i, eqn in enumerate(jaxpr.eqns):
@@ -437,8 +413,8 @@ def _evaluate_linear(
     return Trace(jaxpr, consts, values, active, records, frozenset(jaxpr.constvars))
 
 
-def jaxpr_activity(jaxpr: Jaxpr, active_in: Sequence[bool]) -> list[bool]:
-    """Which outputs of ``jaxpr`` depend on its active inputs, without evaluating anything."""
+def active_vars(jaxpr: Jaxpr, active_in: Sequence[bool]) -> set[Var]:
+    """The variables of ``jaxpr`` that depend on its active inputs, without evaluating anything."""
     active = {v for v, a in zip(jaxpr.invars, active_in) if a and is_differentiable(v.aval)}
     for eqn in jaxpr.eqns:
         in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
@@ -451,4 +427,10 @@ def jaxpr_activity(jaxpr: Jaxpr, active_in: Sequence[bool]) -> list[bool]:
         for v, a in zip(eqn.outvars, out_active):
             if a and not isinstance(v, DropVar) and is_differentiable(v.aval):
                 active.add(v)
+    return active
+
+
+def jaxpr_activity(jaxpr: Jaxpr, active_in: Sequence[bool]) -> list[bool]:
+    """Which outputs of ``jaxpr`` depend on its active inputs, without evaluating anything."""
+    active = active_vars(jaxpr, active_in)
     return [not isinstance(v, Literal) and v in active for v in jaxpr.outvars]
