@@ -90,7 +90,7 @@ def test_fused_helper_is_one_program_eagerly_and_plain_primitives_under_a_trace(
     assert "select_n" in names and "jit" not in names and "pjit" not in names
 
 
-def test_relu_backward_graph_has_no_nested_program():
+def test_relu_backward_under_a_trace_is_a_plain_top_level_select_n():
     jaxpr = jax.make_jaxpr(fg.grad(lambda x: jnp.sum(jax.nn.relu(x))))(X)
     names = {e.primitive.name for e in jaxpr.jaxpr.eqns}
     assert "select_n" in names
