@@ -161,6 +161,30 @@ def test_split_errors_say_what_to_do():
 # --- minibatches -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 2048, 2049, 60_000, 100_003])
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey])
+def test_host_permutation_is_jax_random_permutation(n, make_key):
+    # 2048 -> 2049 is where jax.random.permutation goes from one sorting round to two.
+    for seed in range(3):
+        key = jax.random.fold_in(make_key(seed), n)
+        want = np.asarray(jax.random.permutation(key, n))
+        got = data.permutation(key, n)
+        assert isinstance(got, np.ndarray) and got.dtype == want.dtype
+        np.testing.assert_array_equal(got, want)
+
+
+def test_host_permutation_follows_x64_dtype_and_rejects_bad_sizes():
+    with jax.enable_x64(True):
+        key = jax.random.key(3)
+        want = np.asarray(jax.random.permutation(key, 5000))
+        got = data.permutation(key, 5000)
+    assert got.dtype == want.dtype == np.int64
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="n must be in"):
+        data.permutation(jax.random.key(0), -1)
+
+
+
 @pytest.mark.parametrize("as_jax", [False, True])
 def test_batches_cover_the_data_without_repeats(as_jax):
     x = np.arange(100, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)

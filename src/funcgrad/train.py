@@ -9,16 +9,17 @@
         grad_engine="funcgrad")                  # or "jax": same step, JAX's own autodiff
     history["eval_accuracy"][-1]
 
-How an epoch runs. The training set is put on the device once. Each epoch is one call of one
-jitted function: ``jax.random.permutation(fold_in(key, epoch), n)`` shuffles on the device, its
-first ``(n // batch_size) * batch_size`` indices are reshaped to ``(num_batches, batch_size)``
-(the remainder is dropped, different examples each epoch: the order of ``fg.data.batches``), and
-``lax.scan`` runs over those index rows, each step gathering its batch from the device-resident
-set and applying the optax step, returning the loss (and aux metrics) of every step. Gathering
-per step rather than materialising the shuffled epoch saves writing and re-reading a copy of the
-data set (about 30% of an MLP epoch on CPU). Epoch ``e`` depends only on the state after epoch
-``e - 1``, ``key`` and ``e``: resuming from a checkpoint at epoch ``e`` reproduces the
-uninterrupted run bit for bit.
+How an epoch runs. The training set is put on the device once. Each epoch's order is
+``jax.random.permutation(fold_in(key, epoch), n)``, computed by ``fg.data.permutation`` (the same
+indices with the sorts done by NumPy, 7 ms instead of 26 ms for 60,000 examples on a 2-core CPU);
+its first ``(n // batch_size) * batch_size`` indices, reshaped to ``(num_batches, batch_size)``
+(the remainder is dropped, different examples each epoch: the order of ``fg.data.batches``), go
+to one call of one jitted function, where ``lax.scan`` runs over those index rows, each step
+gathering its batch from the device-resident set and applying the optax step, returning the
+loss (and aux metrics) of every step. Gathering per step rather than materialising the shuffled
+epoch saves writing and re-reading a copy of the data set (about 30% of an MLP epoch on CPU).
+Epoch ``e`` depends only on the state after epoch ``e - 1``, ``key`` and ``e``: resuming from a
+checkpoint at epoch ``e`` reproduces the uninterrupted run bit for bit.
 
 Gradients come from ``jax.value_and_grad`` (``grad_engine="jax"``) or from funcgrad's hand-written
 VJP interpreter (``grad_engine="funcgrad"``); either way the whole step compiles to one XLA program.
@@ -33,9 +34,9 @@ optimizer state (and saving them next to the checkpoint when ``checkpoint_path``
 Many devices: with ``mesh``, params and optimizer state are replicated and every batch is
 sharded over the mesh's data axis (the index rows as ``P(None, "data")`` on
 ``(num_batches, batch)``, each gathered batch as ``P("data")``: each device gathers and processes
-its slice of every batch). The training set itself is replicated, so every device shuffles with
-the same global permutation and the sharded run sees exactly the batches of the single-device run
-(only reduction order differs). jit inserts the gradient all-reduce; there is no hand-written
+its slice of every batch). The training set itself is replicated and every process computes the
+same global order from the key, so the sharded run sees exactly the batches of the single-device
+run (only reduction order differs). jit inserts the gradient all-reduce; there is no hand-written
 collective.
 """
 
@@ -60,6 +61,7 @@ from jax.sharding import PartitionSpec as P
 
 from funcgrad import checkpoint, losses
 from funcgrad._paths import leaf_paths
+from funcgrad.data.batching import permutation
 from funcgrad.progress import ProgressBar
 
 __all__ = [
@@ -375,15 +377,18 @@ class _Programs:
         updates, opt_state = self.optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, aux, grads
 
-    def _order(self, key: jax.Array, n: int) -> jax.Array:
+    def order(self, key: jax.Array, n: int) -> jax.Array:
         """The epoch's example indices as ``(num_batches, batch_size)``: the order of
-        ``fg.data.batches(key, ...)``, remainder dropped, sharded over the batch axis."""
+        ``fg.data.batches(key, ...)``, remainder dropped, on the device (sharded over the batch
+        axis under a mesh). Shuffled on the host: see ``fg.data.permutation``."""
         steps = n // self.batch_size
-        order = jax.random.permutation(key, n)[: steps * self.batch_size]
-        order = order.reshape(steps, self.batch_size)
-        if self.batch_sharding is not None:
-            order = lax.with_sharding_constraint(order, self.batch_sharding)
-        return order
+        order = permutation(key, n)[: steps * self.batch_size].reshape(steps, self.batch_size)
+        if self.batch_sharding is None:
+            return jax.device_put(order)
+        # make_array_from_callback works multi-host too: each process fills its own devices.
+        return jax.make_array_from_callback(
+            order.shape, self.batch_sharding, lambda index: order[index]
+        )
 
     def _batch(self, x: jax.Array, y: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
         # Gathered step by step from the device-resident set: no (num_batches, batch, ...) copy
@@ -401,6 +406,7 @@ class _Programs:
         params: Any,
         opt_state: Any,
         key: jax.Array,
+        order: jax.Array,
         x: jax.Array,
         y: jax.Array,
         *,
@@ -412,7 +418,6 @@ class _Programs:
         Checked: stops updating at the first step whose loss or new params are non-finite and
         returns that step's index (-1 if none), the params and state from just before it.
         """
-        order = self._order(key, x.shape[0])
         num_steps = order.shape[0]
         every = max(1, num_steps // 50)
 
@@ -459,13 +464,18 @@ class _Programs:
             bar.update(done - bar.n)
 
     def _diagnose(
-        self, params: Any, opt_state: Any, key: jax.Array, x: jax.Array, y: jax.Array, step: Any
+        self,
+        params: Any,
+        opt_state: Any,
+        key: jax.Array,
+        order: jax.Array,
+        x: jax.Array,
+        y: jax.Array,
+        step: Any,
     ) -> tuple:
         """Re-run step ``step`` of the epoch from the given state: (loss, finite per leaf)."""
-        batch = self._batch(x, y, self._order(key, x.shape[0])[step])
-        new_params, _, loss, _, grads = self._step(
-            params, opt_state, *batch, _step_key(key, step)
-        )
+        batch = self._batch(x, y, order[step])
+        new_params, _, loss, _, grads = self._step(params, opt_state, *batch, _step_key(key, step))
         finite = jax.tree_util.tree_map(lambda a: jnp.all(jnp.isfinite(a)), (new_params, grads))
         return loss, finite
 
@@ -781,7 +791,10 @@ def fit(
     try:
         for epoch in range(initial_epoch, epochs):
             key_e = jax.random.fold_in(key, epoch)
-            args = (params, opt_state, key_e, *data)
+            t_order = time.perf_counter()
+            order = programs.order(key_e, n)
+            order_time = time.perf_counter() - t_order
+            args = (params, opt_state, key_e, order, *data)
             compiled = programs.compiled_epoch(args)
             if show:  # one bar per epoch, finished before anything else prints
                 bar = ProgressBar(
@@ -791,7 +804,7 @@ def fit(
             t0 = time.perf_counter()
             new_params, new_state, step_losses, step_aux, finite, _ = compiled(*args)
             step_losses = np.asarray(step_losses)
-            epoch_time = time.perf_counter() - t0
+            epoch_time = order_time + time.perf_counter() - t0
             if bar is not None:
                 bar.update(num_steps - bar.n)
                 bar.set_postfix(f"loss {float(step_losses.mean()):.4f}")
@@ -803,6 +816,7 @@ def fit(
                     params,
                     opt_state,
                     key_e,
+                    order,
                     data,
                     epoch,
                     num_steps,
@@ -926,6 +940,7 @@ def _raise_diverged(
     params: Any,
     opt_state: Any,
     key_e: jax.Array,
+    order: jax.Array,
     data: tuple[jax.Array, jax.Array],
     epoch: int,
     num_steps: int,
@@ -937,7 +952,7 @@ def _raise_diverged(
 ) -> None:
     """Re-run the epoch with the checked program from its start state; raise at the bad step."""
     good_params, good_state, step_losses, _, _, bad = programs.checked_epoch(
-        params, opt_state, key_e, *data
+        params, opt_state, key_e, order, *data
     )
     bad = int(bad)
     if bad < 0:
@@ -947,7 +962,7 @@ def _raise_diverged(
         bad_losses = np.flatnonzero(~np.isfinite(losses_np))
         bad = int(bad_losses[0]) if bad_losses.size else num_steps - 1
         good_params, good_state = params, opt_state
-    loss, finite = programs.diagnose(good_params, good_state, key_e, *data, jnp.int32(bad))
+    loss, finite = programs.diagnose(good_params, good_state, key_e, order, *data, jnp.int32(bad))
     param_ok, grad_ok = finite
     names = leaf_paths(good_params)
     leaf = next(

@@ -16,7 +16,13 @@ Synthetic data and batches, all from explicit ``jax.random`` keys::
 
 from __future__ import annotations
 
-from funcgrad.data.batching import batches, iter_batches, num_batches, train_val_split
+from funcgrad.data.batching import (
+    batches,
+    iter_batches,
+    num_batches,
+    permutation,
+    train_val_split,
+)
 from funcgrad.data.errors import (
     ChecksumError,
     DatasetError,
@@ -65,6 +71,7 @@ __all__ = [
     "load_mnist",
     "normalize",
     "num_batches",
+    "permutation",
     "read_idx",
     "spirals",
     "train_val_split",
