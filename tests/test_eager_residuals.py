@@ -51,6 +51,24 @@ def test_pruned_evaluation_keeps_only_residuals_and_gives_the_same_gradient():
     np.testing.assert_array_equal(fg.grad(conv_like)(W, X), jax.grad(conv_like)(W, X))
 
 
+def test_a_releasing_backward_pass_frees_every_intermediate_and_gives_the_same_gradient():
+    """fg.grad uses its trace once: the walk drops each equation's outputs once past it."""
+    traced = _traced(conv_like, W, X)
+    kept, released = traced.evaluate(prune=True), traced.evaluate(prune=True)
+    seed = [np.ones((), np.float32)]
+    want = backward(kept, seed)[0]
+    got = backward(released, seed, release=True)[0]
+    np.testing.assert_array_equal(got, want)
+    inputs = {*traced.closed.jaxpr.invars, *traced.closed.jaxpr.constvars}
+    assert set(released.values) <= inputs and not released.records
+    assert len(kept.values) > len(inputs)  # without release the residuals stay
+    # Keeping cotangents (fg.trace, graphs) keeps the values too, even if asked to release.
+    both = traced.evaluate()
+    backward(both, seed, keep=True, release=True)
+    outs = [v for e in both.jaxpr.eqns for v in e.outvars if not isinstance(v, DropVar)]
+    assert all(v in both.values for v in outs)
+
+
 def test_fg_trace_still_keeps_every_value():
     tr = fg.trace(conv_like, W, X)
     outs = [v for e in tr.jaxpr.eqns for v in e.outvars if not isinstance(v, DropVar)]

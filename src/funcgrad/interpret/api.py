@@ -203,7 +203,7 @@ def value_and_grad(
         seed = _scalar_seed(traced, "grad")
         tr = traced.evaluate(prune=True)
         outs = tr.outputs
-        in_cts = backward(tr, [seed] + [None] * (len(outs) - 1))
+        in_cts = backward(tr, [seed] + [None] * (len(outs) - 1), release=True)
         grads = traced.grads_tree(in_cts)
         value, aux = traced.split_outputs(outs)
         g = grads[0] if isinstance(argnums, int) else grads

@@ -85,23 +85,30 @@ def _call_rule(spec: RuleSpec, eqn: Any, trace: Trace, cts: list[Any], needs: li
     return spec.fn(ct_arg, *invals, **kwargs)
 
 
-def backward(trace: Trace, out_cts: Sequence[Any], *, keep: bool | None = None) -> list[Any]:
+def backward(
+    trace: Trace, out_cts: Sequence[Any], *, keep: bool | None = None, release: bool = False
+) -> list[Any]:
     """Cotangents of ``trace``'s jaxpr inputs given its output cotangents (``None`` = zero).
 
     With ``keep=True`` the cotangent of every variable stays in ``trace.cotangents`` (for
     ``fg.trace`` and the graph renderer), in nested traces too; otherwise each is dropped once it
     has been used. ``keep=None`` inherits the setting of the enclosing backward pass.
+
+    With ``release=True`` the trace is used up: each equation's output values (and its record)
+    are dropped from ``trace`` as soon as the walk has passed the equation, since only the
+    equations after it read them. Peak memory then falls during the backward pass, as the
+    forward activations are freed layer by layer; for ``fg.grad``, whose trace serves one pass.
     """
     if keep is None:
         keep = _KEEP_COTANGENTS.get()
     token = _KEEP_COTANGENTS.set(keep)
     try:
-        return _backward(trace, out_cts, keep)
+        return _backward(trace, out_cts, keep, release and not keep)
     finally:
         _KEEP_COTANGENTS.reset(token)
 
 
-def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool) -> list[Any]:
+def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool, release: bool) -> list[Any]:
     jaxpr = trace.jaxpr
     active = trace.active
     cts: dict[Var, Any] = {}
@@ -118,14 +125,35 @@ def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool) -> list[Any]:
     kept: dict[Var, Any] = {}
     for i in range(len(jaxpr.eqns) - 1, -1, -1):
         eqn = jaxpr.eqns[i]
-        eqn_cts = [None if isinstance(v, DropVar) else cts.get(v) for v in eqn.outvars]
-        if all(c is None for c in eqn_cts):
-            continue
-        if keep:
-            kept.update((v, c) for v, c in zip(eqn.outvars, eqn_cts) if c is not None)
-        needs = [not isinstance(v, Literal) and v in active for v in eqn.invars]
-        if not any(needs):
-            continue
+        _transpose_eqn(i, eqn, trace, cts, accumulate, kept if keep else None)
+        if release:  # every reader of these outputs comes later in the program: done
+            for v in eqn.outvars:
+                trace.values.pop(v, None)
+            trace.records.pop(i, None)
+
+    in_cts = [cts.get(v) for v in jaxpr.invars]
+    if keep:
+        kept.update(cts)
+        trace.cotangents = kept
+    return in_cts
+
+
+def _transpose_eqn(
+    i: int,
+    eqn: Any,
+    trace: Trace,
+    cts: dict[Var, Any],
+    accumulate: Any,
+    kept: dict[Var, Any] | None,
+) -> None:
+    """Apply equation ``i``'s rule to its output cotangents and accumulate its input ones."""
+    eqn_cts = [None if isinstance(v, DropVar) else cts.get(v) for v in eqn.outvars]
+    if all(c is None for c in eqn_cts):
+        return
+    if kept is not None:
+        kept.update((v, c) for v, c in zip(eqn.outvars, eqn_cts) if c is not None)
+    needs = [not isinstance(v, Literal) and v in trace.active for v in eqn.invars]
+    if any(needs):
         name = eqn.primitive.name
         higher = lookup_higher_order(name)
         try:
@@ -150,12 +178,6 @@ def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool) -> list[Any]:
         for v, ct, need in zip(eqn.invars, in_cts, needs):
             if need and ct is not None:
                 accumulate(v, _fit(ct, v, eqn))
-        if not keep:
+        if kept is None:
             for v in eqn.outvars:
                 cts.pop(v, None)
-
-    in_cts = [cts.get(v) for v in jaxpr.invars]
-    if keep:
-        kept.update(cts)
-        trace.cotangents = kept
-    return in_cts
