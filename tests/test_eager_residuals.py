@@ -9,11 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gradcheck import all_eqns
 from jax import lax
 from jax.extend.core import DropVar, Primitive
 
 import funcgrad as fg
-from funcgrad.interpret import api
+from funcgrad.interpret import api, padded
 from funcgrad.interpret.backward import backward
 from funcgrad.interpret.rules import _VJP_RULES, vjp_rule
 from funcgrad.interpret.rules.fused import fused
@@ -67,6 +68,36 @@ def test_a_releasing_backward_pass_frees_every_intermediate_and_gives_the_same_g
     backward(both, seed, keep=True, release=True)
     outs = [v for e in both.jaxpr.eqns for v in e.outvars if not isinstance(v, DropVar)]
     assert all(v in both.values for v in outs)
+
+
+def shifted_windows(w, x):
+    """Three overlapping slices of tanh(x @ w), so three padded cotangents meet on one value."""
+    h = jnp.tanh(x @ w)
+    return jnp.sum(h[:, 0:2] * h[:, 1:3] + jnp.sin(h[1:, :]).sum() + h[:-1, ::2].sum())
+
+
+def test_slice_cotangents_are_summed_in_one_program_bit_for_bit(monkeypatch):
+    """Eagerly the slices' padded cotangents are added in one compiled pass; the result is the
+    one pad-and-add gives (and jax.grad), and no rule ever sees the deferred sum."""
+    calls = []
+    real = padded._sum_of_padded
+
+    def counted(pieces, *, configs):
+        calls.append(configs)
+        return real(pieces, configs=configs)
+
+    monkeypatch.setattr(padded, "_sum_of_padded", counted)
+    got = fg.grad(shifted_windows)(W, X)
+    assert calls and max(len(c) for c in calls) >= 3  # three slice cotangents, one program
+    np.testing.assert_array_equal(got, jax.grad(shifted_windows)(W, X))
+    np.testing.assert_array_equal(  # compiled, XLA may round differently: compare with JAX's
+        jax.jit(fg.grad(shifted_windows))(W, X), jax.jit(jax.grad(shifted_windows))(W, X)
+    )
+    tr = fg.trace(shifted_windows, W, X)
+    assert not any(isinstance(c, padded.PaddedSum) for c in tr.cotangents.values())
+    # Under a trace nothing is deferred: the jaxpr has the pads and adds JAX's transposes have.
+    jaxpr = jax.make_jaxpr(fg.grad(shifted_windows))(W, X).jaxpr
+    assert "pad" in {e.primitive.name for e in all_eqns(jaxpr)}
 
 
 def test_fg_trace_still_keeps_every_value():

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import DropVar, Literal, Var
 
+from funcgrad.interpret import padded
 from funcgrad.interpret.errors import RuleError, UnsupportedPrimitiveError, source_line
 from funcgrad.interpret.rules import RuleSpec, lookup_higher_order, lookup_vjp
 from funcgrad.interpret.trace import Trace, is_differentiable, placeholder
@@ -51,7 +52,7 @@ def _fit(ct: Any, v: Var, eqn: Any) -> Any:
             f"cotangent of shape {tuple(shape)} for an input of shape {tuple(aval.shape)}"
         )
     if ct.dtype != aval.dtype:
-        ct = lax.convert_element_type(ct, aval.dtype)
+        ct = lax.convert_element_type(padded.materialize(ct), aval.dtype)
     return ct
 
 
@@ -117,7 +118,7 @@ def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool, release: bool) -
         if ct is None or isinstance(v, (Literal, DropVar)) or v not in active:
             return
         prev = cts.get(v)
-        cts[v] = ct if prev is None else lax.add(prev, ct)
+        cts[v] = ct if prev is None else padded.accumulate(prev, ct)
 
     for v, ct in zip(jaxpr.outvars, out_cts, strict=True):
         accumulate(v, ct)
@@ -131,9 +132,9 @@ def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool, release: bool) -
                 trace.values.pop(v, None)
             trace.records.pop(i, None)
 
-    in_cts = [cts.get(v) for v in jaxpr.invars]
+    in_cts = [padded.materialize(cts.get(v)) for v in jaxpr.invars]
     if keep:
-        kept.update(cts)
+        kept.update((v, padded.materialize(c)) for v, c in cts.items())
         trace.cotangents = kept
     return in_cts
 
@@ -147,7 +148,9 @@ def _transpose_eqn(
     kept: dict[Var, Any] | None,
 ) -> None:
     """Apply equation ``i``'s rule to its output cotangents and accumulate its input ones."""
-    eqn_cts = [None if isinstance(v, DropVar) else cts.get(v) for v in eqn.outvars]
+    eqn_cts = [
+        None if isinstance(v, DropVar) else padded.materialize(cts.get(v)) for v in eqn.outvars
+    ]
     if all(c is None for c in eqn_cts):
         return
     if kept is not None:

@@ -9,9 +9,11 @@ bit here.
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 from jax import dtypes, lax
 
+from funcgrad.interpret import padded
 from funcgrad.interpret.rules import vjp_rule
 
 
@@ -123,7 +125,9 @@ def slice_vjp(ct, x, *, start_indices, limit_indices, strides):
         for lo, n, stride, count in zip(start_indices, x_shape, strides, ct.shape):
             end = lo + (count - 1) * stride + 1 if count else lo
             config.append((lo, n - end, stride - 1))
-    return (lax.pad(ct, _scalar_zero(ct), config),)
+    if isinstance(ct, jax.core.Tracer):
+        return (lax.pad(ct, _scalar_zero(ct), config),)
+    return (padded.padded(ct, config, x_shape),)  # eager: summed with its siblings in one pass
 
 
 @vjp_rule(lax.pad_p, reads=())
@@ -134,9 +138,7 @@ def pad_vjp(ct, x, padding_value, *, padding_config, needs):
     """
     lo, hi, interior = zip(*padding_config) if padding_config else ((), (), ())
     unpadded = lax.pad(ct, _scalar_zero(ct), [(-a, -b, 0) for a, b in zip(lo, hi)])
-    ct_x = lax.slice(
-        unpadded, (0,) * unpadded.ndim, unpadded.shape, tuple(i + 1 for i in interior)
-    )
+    ct_x = lax.slice(unpadded, (0,) * unpadded.ndim, unpadded.shape, tuple(i + 1 for i in interior))
     ct_value = None
     if needs[1]:
         everything = tuple(range(ct.ndim))
