@@ -76,28 +76,54 @@ def shifted_windows(w, x):
     return jnp.sum(h[:, 0:2] * h[:, 1:3] + jnp.sin(h[1:, :]).sum() + h[:-1, ::2].sum())
 
 
-def test_slice_cotangents_are_summed_in_one_program_bit_for_bit(monkeypatch):
-    """Eagerly the slices' padded cotangents are added in one compiled pass; the result is the
-    one pad-and-add gives (and jax.grad), and no rule ever sees the deferred sum."""
-    calls = []
-    real = padded._sum_of_padded
+@pytest.mark.parametrize(
+    ("fun", "argnums"), [(shifted_windows, 0), (conv_like, 1)], ids=["slices", "im2col"]
+)
+def test_slice_cotangents_are_summed_in_one_program_bit_for_bit(monkeypatch, fun, argnums):
+    """Eagerly the slices' padded cotangents (and, for im2col, the concatenate's split before
+    them and the pad's crop after) are computed as one sum in one compiled program; the result
+    is what step-by-step pad-and-add gives (and jax.grad), and no other rule sees the lazy sum."""
+    plans = []
+    real = padded._sum_of_terms
 
-    def counted(pieces, *, configs):
-        calls.append(configs)
-        return real(pieces, configs=configs)
+    def counted(pieces, *, plan):
+        plans.append(plan)
+        return real(pieces, plan=plan)
 
-    monkeypatch.setattr(padded, "_sum_of_padded", counted)
-    got = fg.grad(shifted_windows)(W, X)
-    assert calls and max(len(c) for c in calls) >= 3  # three slice cotangents, one program
-    np.testing.assert_array_equal(got, jax.grad(shifted_windows)(W, X))
+    monkeypatch.setattr(padded, "_sum_of_terms", counted)
+    got = fg.grad(fun, argnums)(W, X)
+    assert plans and max(len(p) for p in plans) >= 3  # three slice cotangents, one program
+    np.testing.assert_array_equal(got, jax.grad(fun, argnums)(W, X))
     np.testing.assert_array_equal(  # compiled, XLA may round differently: compare with JAX's
-        jax.jit(fg.grad(shifted_windows))(W, X), jax.jit(jax.grad(shifted_windows))(W, X)
+        jax.jit(fg.grad(fun, argnums))(W, X), jax.jit(jax.grad(fun, argnums))(W, X)
     )
-    tr = fg.trace(shifted_windows, W, X)
+    tr = fg.trace(fun, W, X)
     assert not any(isinstance(c, padded.PaddedSum) for c in tr.cotangents.values())
     # Under a trace nothing is deferred: the jaxpr has the pads and adds JAX's transposes have.
-    jaxpr = jax.make_jaxpr(fg.grad(shifted_windows))(W, X).jaxpr
+    jaxpr = jax.make_jaxpr(fg.grad(fun, argnums))(W, X).jaxpr
     assert "pad" in {e.primitive.name for e in all_eqns(jaxpr)}
+
+
+def test_the_lazy_im2col_cotangent_reads_the_patches_cotangent_once():
+    plans = []
+    real = padded._sum_of_terms
+
+    def counted(pieces, *, plan):
+        plans.append((len(pieces), plan))
+        return real(pieces, plan=plan)
+
+    padded._sum_of_terms = counted
+    try:
+        fg.grad(conv_like, argnums=1)(W, X)  # the input's gradient goes through the im2col
+    finally:
+        padded._sum_of_terms = real
+    n_pieces, plan = max(plans, key=lambda p: len(p[1]))
+    assert n_pieces == 1 and len(plan) == 3  # one array (the concat's ct), three windows
+    assert all(window is not None and padding is not None for _, window, padding in plan)
+    # The pad's crop is folded in: conv_like pads x by one column each side.
+    np.testing.assert_array_equal(
+        fg.grad(conv_like, argnums=1)(W, X), jax.grad(conv_like, argnums=1)(W, X)
+    )
 
 
 def test_fg_trace_still_keeps_every_value():

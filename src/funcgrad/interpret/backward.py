@@ -148,23 +148,27 @@ def _transpose_eqn(
     kept: dict[Var, Any] | None,
 ) -> None:
     """Apply equation ``i``'s rule to its output cotangents and accumulate its input ones."""
-    eqn_cts = [
-        None if isinstance(v, DropVar) else padded.materialize(cts.get(v)) for v in eqn.outvars
-    ]
-    if all(c is None for c in eqn_cts):
+    if all(isinstance(v, DropVar) or cts.get(v) is None for v in eqn.outvars):
         return
+    name = eqn.primitive.name
+    higher = lookup_higher_order(name)
+    spec = None if higher is not None else lookup_vjp(name)
+    lazy_ok = kept is None and spec is not None and spec.takes_padded
+    eqn_cts = []
+    for v in eqn.outvars:
+        ct = None if isinstance(v, DropVar) else cts.get(v)
+        if isinstance(ct, padded.PaddedSum) and not lazy_ok:
+            ct = cts[v] = padded.materialize(ct)
+        eqn_cts.append(ct)
     if kept is not None:
         kept.update((v, c) for v, c in zip(eqn.outvars, eqn_cts) if c is not None)
     needs = [not isinstance(v, Literal) and v in trace.active for v in eqn.invars]
     if any(needs):
-        name = eqn.primitive.name
-        higher = lookup_higher_order(name)
         try:
             if higher is not None:
                 invals = [trace.read(v) for v in eqn.invars]
                 in_cts = higher.backward(eqn, invals, trace.records.get(i), eqn_cts, needs)
             else:
-                spec = lookup_vjp(name)
                 if spec is None:
                     raise UnsupportedPrimitiveError(name, source_line(eqn), dict(eqn.params))
                 in_cts = _call_rule(spec, eqn, trace, eqn_cts, needs)

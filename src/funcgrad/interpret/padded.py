@@ -1,87 +1,140 @@
-"""Cotangents that are sums of zero-padded pieces, kept unmaterialised until something reads them.
+"""Cotangents that are sums of padded slices, kept unmaterialised until something reads them.
 
-The VJP of a slice is its cotangent padded with zeros to the input's shape. Where one input is
-sliced many times (the kh·kw shifted windows of an im2col convolution), the backward pass would
-write one full-size padded copy per slice and add them one at a time: 2k - 1 full-size arrays
-and dispatches for k slices. Eagerly, ``slice_vjp`` returns a :class:`PaddedSum` instead, the
-backward pass appends to it as cotangents accumulate, and the first reader calls
-:func:`materialize`, which computes the whole sum as one compiled program (XLA fuses it into one
-loop that writes the result once). Terms are added in the order they arrived, each padded with
-exact zeros, so the result is bit for bit that of padding and adding one by one.
+An im2col convolution concatenates the kh·kw shifted windows (slices) of its padded input. Its
+input cotangent, done one primitive at a time, is: split the patches' cotangent into kh·kw
+pieces (the concatenate's VJP), pad each back to the image's shape with zeros (each slice's VJP),
+add them up one by one, and crop the padding (the pad's VJP). Eagerly that writes about 3·kh·kw
+full-size arrays in 3·kh·kw dispatches. Here the concatenate's VJP returns its pieces as lazy
+slices of the one cotangent, each slice's VJP wraps them in a padding, accumulation appends terms,
+the pad's VJP folds its crop into their paddings, and the first rule that reads the sum calls
+:func:`materialize`: one compiled program, which XLA fuses into one loop reading the patches'
+cotangent once and writing the image's once. Terms are added in the order they arrived, each
+padded with exact zeros, so the result is bit for bit that of doing it step by step.
 
-Under a trace (``jax.jit``, ``jax.vmap``, ``jax.make_jaxpr``, funcgrad differentiating itself)
-``slice_vjp`` pads at once: jaxprs and graphs are unchanged, and XLA does this fusion itself.
+Only rules registered with ``vjp_rule(..., takes_padded=True)`` (slice, pad) may be handed a
+:class:`PaddedSum`; every other rule gets an array. Under a trace (``jax.jit``, ``jax.vmap``,
+``jax.make_jaxpr``, funcgrad differentiating itself) nothing is deferred: jaxprs and graphs keep
+JAX's own split, pads and adds, and XLA does this fusion itself.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 from jax import lax
 
-__all__ = ["PaddedSum", "accumulate", "materialize", "padded"]
+__all__ = ["PaddedSum", "accumulate", "crop", "deferred", "materialize", "pad", "slices"]
 
-# A term's padding config, ((lo, hi, interior), ...) per axis; None for a dense, full-size term.
-Config = tuple[tuple[int, int, int], ...] | None
+Triples = tuple[tuple[int, int, int], ...]
+
+
+class Term(NamedTuple):
+    """pad(slice(piece, *window), 0, padding); no slice where window is None, no pad likewise."""
+
+    piece: Any
+    window: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None
+    padding: Triples | None
 
 
 class PaddedSum:
-    """sum_i pad(pieces[i], 0, configs[i]) (a dense term where the config is None), in order."""
+    """The sum of its terms, left to right, all of shape ``shape``."""
 
-    __slots__ = ("configs", "dtype", "pieces", "shape")
+    __slots__ = ("dtype", "shape", "terms")
 
-    def __init__(
-        self,
-        shape: tuple[int, ...],
-        dtype: Any,
-        pieces: tuple[Any, ...],
-        configs: tuple[Config, ...],
-    ) -> None:
-        self.shape = shape
+    def __init__(self, shape: Sequence[int], dtype: Any, terms: tuple[Term, ...]) -> None:
+        self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
-        self.pieces = pieces
-        self.configs = configs
+        self.terms = terms
 
     def __repr__(self) -> str:
-        return f"PaddedSum(shape={self.shape}, dtype={self.dtype}, terms={len(self.pieces)})"
+        return f"PaddedSum(shape={self.shape}, dtype={self.dtype}, terms={len(self.terms)})"
 
 
-def padded(piece: Any, config: Sequence[tuple[int, int, int]], shape: Sequence[int]) -> PaddedSum:
-    """``pad(piece, 0, config)`` (of shape ``shape``), not yet computed."""
-    config = tuple((int(lo), int(hi), int(interior)) for lo, hi, interior in config)
-    return PaddedSum(tuple(int(n) for n in shape), piece.dtype, (piece,), (config,))
+def deferred(ct: Any) -> bool:
+    """Whether ``ct`` may be kept lazy: a concrete array (nothing is deferred under a trace)."""
+    return isinstance(ct, PaddedSum) or (
+        ct is not None and not isinstance(ct, jax.core.Tracer) and hasattr(ct, "shape")
+    )
 
 
-def _terms(ct: Any) -> tuple[tuple[Any, ...], tuple[Config, ...]]:
-    if isinstance(ct, PaddedSum):
-        return ct.pieces, ct.configs
-    return (ct,), (None,)
+def slices(ct: Any, windows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[PaddedSum]:
+    """``[ct[start:limit] for start, limit in windows]``, not yet computed."""
+    out = []
+    for start, limit in windows:
+        window = (tuple(start), tuple(limit), (1,) * len(start))
+        shape = [hi - lo for lo, hi in zip(start, limit)]
+        out.append(PaddedSum(shape, ct.dtype, (Term(ct, window, None),)))
+    return out
+
+
+def _config(config: Sequence[Sequence[int]]) -> Triples:
+    return tuple((int(lo), int(hi), int(interior)) for lo, hi, interior in config)
+
+
+def pad(ct: Any, config: Sequence[Sequence[int]], shape: Sequence[int]) -> PaddedSum:
+    """``pad(ct, 0, config)`` (of shape ``shape``), not yet computed. ``ct`` may be a sum of
+    unpadded slices (what :func:`slices` gives); a sum already padded is computed first."""
+    config = _config(config)
+    if isinstance(ct, PaddedSum) and all(t.padding is None for t in ct.terms):
+        terms = tuple(t._replace(padding=config) for t in ct.terms)
+    else:
+        terms = (Term(materialize(ct), None, config),)
+    return PaddedSum(shape, ct.dtype, terms)
+
+
+def crop(ct: PaddedSum, lo: Sequence[int], hi: Sequence[int], shape: Sequence[int]) -> PaddedSum:
+    """``ct`` with ``lo``/``hi`` elements cut from each axis's ends: pad(pad(p, c), -lo, -hi)
+    is pad(p, c - (lo, hi)), exactly, so the crop is folded into every term's padding."""
+    terms = []
+    for t in ct.terms:
+        padding = t.padding or tuple((0, 0, 0) for _ in lo)
+        padding = tuple((a - l, b - h, i) for (a, b, i), l, h in zip(padding, lo, hi))
+        terms.append(t._replace(padding=padding))
+    return PaddedSum(shape, ct.dtype, tuple(terms))
 
 
 def accumulate(prev: Any, ct: Any) -> Any:
     """``prev + ct``: deferred when either is a :class:`PaddedSum`, else a plain ``lax.add``."""
     if not isinstance(prev, PaddedSum) and not isinstance(ct, PaddedSum):
         return lax.add(prev, ct)
-    (p_pieces, p_configs), (c_pieces, c_configs) = _terms(prev), _terms(ct)
-    return PaddedSum(tuple(prev.shape), prev.dtype, p_pieces + c_pieces, p_configs + c_configs)
+
+    def terms(x: Any) -> tuple[Term, ...]:
+        return x.terms if isinstance(x, PaddedSum) else (Term(x, None, None),)
+
+    return PaddedSum(prev.shape, prev.dtype, terms(prev) + terms(ct))
 
 
 def materialize(ct: Any) -> Any:
     """The array a cotangent stands for (``ct`` itself unless it is a :class:`PaddedSum`)."""
     if not isinstance(ct, PaddedSum):
         return ct
-    return _sum_of_padded(list(ct.pieces), configs=ct.configs)
+    if len(ct.terms) == 1 and ct.terms[0].window is None and ct.terms[0].padding is None:
+        return ct.terms[0].piece
+    # Each distinct array is passed once; the plan says which one each term reads.
+    pieces: list[Any] = []
+    index: dict[int, int] = {}
+    plan = []
+    for t in ct.terms:
+        if id(t.piece) not in index:
+            index[id(t.piece)] = len(pieces)
+            pieces.append(t.piece)
+        plan.append((index[id(t.piece)], t.window, t.padding))
+    return _sum_of_terms(pieces, plan=tuple(plan))
 
 
-@functools.partial(jax.jit, static_argnames="configs")
-def _sum_of_padded(pieces: list[Any], *, configs: tuple[Config, ...]) -> Any:
-    """sum_i pad(pieces[i], 0, configs[i]), left to right: one fused loop once compiled."""
+@functools.partial(jax.jit, static_argnames="plan")
+def _sum_of_terms(pieces: list[Any], *, plan: tuple) -> Any:
+    """sum of pad(slice(pieces[i], window), 0, padding) over the plan, left to right."""
     total = None
-    for piece, config in zip(pieces, configs):
-        term = piece if config is None else lax.pad(piece, lax.full((), 0, piece.dtype), config)
+    for i, window, padding in plan:
+        term = pieces[i]
+        if window is not None:
+            term = lax.slice(term, *window)
+        if padding is not None:
+            term = lax.pad(term, lax.full((), 0, term.dtype), padding)
         total = term if total is None else lax.add(total, term)
     return total

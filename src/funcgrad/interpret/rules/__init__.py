@@ -51,6 +51,7 @@ class RuleSpec:
     wants_needs: bool
     param_names: frozenset[str] | None  # None: the rule takes **params
     reads: tuple[int, ...] | None = None  # inputs whose values it reads; None: all of them
+    takes_padded: bool = False  # may be handed a padded.PaddedSum cotangent (eager only)
 
 
 class HigherOrderRule(Protocol):
@@ -91,7 +92,7 @@ def _register(names: list[str], spec: RuleSpec) -> None:
 
 
 def vjp_rule(
-    *primitives: Primitive | str, reads: Sequence[int] | None = None
+    *primitives: Primitive | str, reads: Sequence[int] | None = None, takes_padded: bool = False
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``fn`` as the VJP rule of each of ``primitives`` (objects or names).
 
@@ -99,6 +100,9 @@ def vjp_rule(
     selector, not the cases); the others it may only ask for shape and dtype. The default is all
     of them. When a custom JVP rule's tangent part is transposed, inputs nobody reads are not
     computed (the zeros ``jax.nn.relu``'s rule selects between, for instance).
+
+    ``takes_padded=True`` lets the eager backward pass hand the rule a lazy sum of padded slices
+    (:class:`funcgrad.interpret.padded.PaddedSum`) instead of an array; see that module.
     """
 
     def register(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -115,6 +119,7 @@ def vjp_rule(
             wants_needs="needs" in sig.parameters,
             param_names=None if takes_var_kw else frozenset(kw),
             reads=None if reads is None else tuple(reads),
+            takes_padded=takes_padded,
         )
         _register([_name(p) for p in primitives], spec)
         return fn

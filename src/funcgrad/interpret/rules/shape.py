@@ -9,7 +9,8 @@ bit here.
 
 from __future__ import annotations
 
-import jax
+import itertools
+
 import numpy as np
 from jax import dtypes, lax
 
@@ -74,7 +75,16 @@ def convert_element_type_vjp(ct, x):
 @vjp_rule(lax.concatenate_p, reads=())
 def concatenate_vjp(ct, *xs, dimension, needs):
     """d concat(x1, x2, ...) = the slices of ct at the cumulative offsets (one ``split``)."""
-    pieces = lax.split(ct, [np.shape(x)[dimension] for x in xs], axis=dimension)
+    sizes = [np.shape(x)[dimension] for x in xs]
+    if padded.deferred(ct):  # eager: lazy slices, for the slices' and pads' rules to sum at once
+        windows = []
+        for a, b in itertools.pairwise(np.cumsum([0, *sizes])):
+            start, limit = [0] * ct.ndim, list(ct.shape)
+            start[dimension], limit[dimension] = int(a), int(b)
+            windows.append((start, limit))
+        pieces = padded.slices(ct, windows)
+    else:
+        pieces = lax.split(ct, sizes, axis=dimension)
     return tuple(p if need else None for p, need in zip(pieces, needs))
 
 
@@ -113,7 +123,7 @@ def tile_vjp(ct, x, *, reps):
     return (lax.reduce_sum(lax.reshape(ct, interleaved), rep_axes),)
 
 
-@vjp_rule(lax.slice_p, reads=())
+@vjp_rule(lax.slice_p, reads=(), takes_padded=True)
 def slice_vjp(ct, x, *, start_indices, limit_indices, strides):
     """d x[start:limit:stride] = ct placed at the strided positions of zeros (one ``pad``)."""
     x_shape = np.shape(x)
@@ -125,18 +135,22 @@ def slice_vjp(ct, x, *, start_indices, limit_indices, strides):
         for lo, n, stride, count in zip(start_indices, x_shape, strides, ct.shape):
             end = lo + (count - 1) * stride + 1 if count else lo
             config.append((lo, n - end, stride - 1))
-    if isinstance(ct, jax.core.Tracer):
-        return (lax.pad(ct, _scalar_zero(ct), config),)
-    return (padded.padded(ct, config, x_shape),)  # eager: summed with its siblings in one pass
+    if padded.deferred(ct):  # eager: summed with its siblings in one pass
+        return (padded.pad(ct, config, x_shape),)
+    return (lax.pad(ct, _scalar_zero(ct), config),)
 
 
-@vjp_rule(lax.pad_p, reads=())
+@vjp_rule(lax.pad_p, reads=(), takes_padded=True)
 def pad_vjp(ct, x, padding_value, *, padding_config, needs):
     """d pad(x, v): x gets ct un-padded (strided by interior+1); v gets sum(ct) - sum(x's part).
 
     Negative lo/hi (cropping) come back as zeros: un-padding by -lo pads where pad cropped.
     """
     lo, hi, interior = zip(*padding_config) if padding_config else ((), (), ())
+    if isinstance(ct, padded.PaddedSum):
+        if not needs[1] and not any(interior):  # a crop: folded into the lazy sum's paddings
+            return (padded.crop(ct, lo, hi, np.shape(x)) if needs[0] else None, None)
+        ct = padded.materialize(ct)
     unpadded = lax.pad(ct, _scalar_zero(ct), [(-a, -b, 0) for a, b in zip(lo, hi)])
     ct_x = lax.slice(unpadded, (0,) * unpadded.ndim, unpadded.shape, tuple(i + 1 for i in interior))
     ct_value = None
