@@ -80,18 +80,22 @@ def reduce_sum_vjp(ct, x, *, axes):  # d sum(x) = 1 for every summed element
 @vjp_rule(lax.reduce_max_p, lax.reduce_min_p)
 def reduce_chooser_vjp(ct, x, *, out, axes):
     """d max(x) = [x == max(x)] / #[x == max(x)]: ties share equally (NaN: no position matches)."""
-    share, hits = _chooser_share(ct, x, out, axes=tuple(axes))
-    # The product stays outside the fused program: compiled together, XLA returns 0 where JAX's
-    # eager product gives NaN (inf * 0 where no position matches; jax.jit(jax.grad) gives 0 too).
-    return (lax.mul(share, hits),)
+    return (_chooser_ct(ct, x, out, axes=tuple(axes)),)
 
 
 @fused(static_argnames=("axes",))
-def _chooser_share(ct, x, out, *, axes):
-    """Each position's share of ``ct`` (ct / #maxima, broadcast back) and the 0/1 hit mask."""
-    hits = lax.convert_element_type(lax.eq(x, _broadcast_back(out, x, axes)), ct.dtype)
-    count = lax.reduce_sum(hits, axes)
-    return _broadcast_back(lax.div(ct, count), x, axes), hits
+def _chooser_ct(ct, x, out, *, axes):
+    """share * hit, with share = ct / #maxima broadcast back and hit = [x == max(x)] in {0, 1}.
+
+    Written as select(hit, share, share * 0): the same bits as the product (share * 1 = share;
+    share * 0 is 0, -0 or NaN as share is finite, negative or not), but XLA turns a product by
+    a converted mask into a select that gives 0 where JAX's eager product gives NaN (inf * 0
+    where no position matches), which this form keeps.
+    """
+    hit = lax.eq(x, _broadcast_back(out, x, axes))
+    count = lax.reduce_sum(lax.convert_element_type(hit, ct.dtype), axes)
+    share = _broadcast_back(lax.div(ct, count), x, axes)
+    return lax.select(hit, share, lax.mul(share, lax.full_like(share, 0)))
 
 
 def _prod_of_others(x, axis: int):
