@@ -4,12 +4,13 @@ An im2col convolution concatenates the kh·kw shifted windows (slices) of its pa
 input cotangent, done one primitive at a time, is: split the patches' cotangent into kh·kw
 pieces (the concatenate's VJP), pad each back to the image's shape with zeros (each slice's VJP),
 add them up one by one, and crop the padding (the pad's VJP). Eagerly that writes about 3·kh·kw
-full-size arrays in 3·kh·kw dispatches. Here the concatenate's VJP returns its pieces as lazy
-slices of the one cotangent, each slice's VJP wraps them in a padding, accumulation appends terms,
-the pad's VJP folds its crop into their paddings, and the first rule that reads the sum calls
-:func:`materialize`: one compiled program, which XLA fuses into one loop reading the patches'
-cotangent once and writing the image's once. Terms are added in the order they arrived, each
-padded with exact zeros, so the result is bit for bit that of doing it step by step.
+arrays of the image's size in about 2·kh·kw dispatches. Here the concatenate's VJP returns its
+pieces as lazy slices of the one cotangent, each slice's VJP wraps them in a padding,
+accumulation appends terms, the pad's VJP folds its crop into their paddings, and the first rule
+that reads the sum calls :func:`materialize`: one compiled program, which XLA fuses into one
+loop reading the patches' cotangent once and writing the image's once. Terms are added in the
+order they arrived, each padded with exact zeros, so the result is bit for bit that of doing it
+step by step.
 
 Only rules registered with ``vjp_rule(..., takes_padded=True)`` (slice, pad) may be handed a
 :class:`PaddedSum`; every other rule gets an array. Under a trace (``jax.jit``, ``jax.vmap``,
