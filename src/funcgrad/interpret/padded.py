@@ -21,6 +21,7 @@ JAX's own split, pads and adds, and XLA does this fusion itself.
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -28,7 +29,7 @@ import jax
 import numpy as np
 from jax import lax
 
-__all__ = ["PaddedSum", "accumulate", "crop", "deferred", "materialize", "pad", "slices"]
+__all__ = ["PaddedSum", "accumulate", "crop", "deferred", "materialize", "pad", "split"]
 
 Triples = tuple[tuple[int, int, int], ...]
 
@@ -62,12 +63,14 @@ def deferred(ct: Any) -> bool:
     )
 
 
-def slices(ct: Any, windows: Sequence[tuple[Sequence[int], Sequence[int]]]) -> list[PaddedSum]:
-    """``[ct[start:limit] for start, limit in windows]``, not yet computed."""
+def split(ct: Any, sizes: Sequence[int], axis: int) -> list[PaddedSum]:
+    """``lax.split(ct, sizes, axis)``, not yet computed: one lazy slice of ``ct`` per size."""
     out = []
-    for start, limit in windows:
-        window = (tuple(start), tuple(limit), (1,) * len(start))
-        shape = [hi - lo for lo, hi in zip(start, limit)]
+    for lo, hi in itertools.pairwise(np.cumsum([0, *sizes])):
+        start, limit = [0] * ct.ndim, list(ct.shape)
+        start[axis], limit[axis] = int(lo), int(hi)
+        shape = [b - a for a, b in zip(start, limit)]
+        window = (tuple(start), tuple(limit), (1,) * ct.ndim)
         out.append(PaddedSum(shape, ct.dtype, (Term(ct, window, None),)))
     return out
 
@@ -78,7 +81,7 @@ def _config(config: Sequence[Sequence[int]]) -> Triples:
 
 def pad(ct: Any, config: Sequence[Sequence[int]], shape: Sequence[int]) -> PaddedSum:
     """``pad(ct, 0, config)`` (of shape ``shape``), not yet computed. ``ct`` may be a sum of
-    unpadded slices (what :func:`slices` gives); a sum already padded is computed first."""
+    unpadded slices (what :func:`split` gives); a sum already padded is computed first."""
     config = _config(config)
     if isinstance(ct, PaddedSum) and all(t.padding is None for t in ct.terms):
         terms = tuple(t._replace(padding=config) for t in ct.terms)

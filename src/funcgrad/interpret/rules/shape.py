@@ -9,8 +9,6 @@ bit here.
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 from jax import dtypes, lax
 
@@ -76,15 +74,9 @@ def convert_element_type_vjp(ct, x):
 def concatenate_vjp(ct, *xs, dimension, needs):
     """d concat(x1, x2, ...) = the slices of ct at the cumulative offsets (one ``split``)."""
     sizes = [np.shape(x)[dimension] for x in xs]
-    if padded.deferred(ct):  # eager: lazy slices, for the slices' and pads' rules to sum at once
-        windows = []
-        for a, b in itertools.pairwise(np.cumsum([0, *sizes])):
-            start, limit = [0] * ct.ndim, list(ct.shape)
-            start[dimension], limit[dimension] = int(a), int(b)
-            windows.append((start, limit))
-        pieces = padded.slices(ct, windows)
-    else:
-        pieces = lax.split(ct, sizes, axis=dimension)
+    # Eagerly, lazy slices: the slices' and pads' rules then sum them in one pass.
+    split = padded.split if padded.deferred(ct) else lax.split
+    pieces = split(ct, sizes, dimension)
     return tuple(p if need else None for p, need in zip(pieces, needs))
 
 
