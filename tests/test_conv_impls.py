@@ -1,4 +1,5 @@
-"""The two formulations of conv2d and max_pool compute the same function, with both engines."""
+"""The formulations of conv2d and max_pool compute the same function and gradients, with both
+engines: im2col (derived VJP), im2col_vjp (hand-written custom_vjp) and XLA's own ops."""
 
 import jax
 import jax.numpy as jnp
@@ -36,10 +37,76 @@ def test_im2col_conv_equals_xla_conv_and_so_do_their_gradients(hw, kernel, strid
         return jnp.sum(jnp.tanh(y) * jnp.arange(y.size).reshape(y.shape) / y.size)
 
     reference = jax.grad(loss, argnums=(0, 1))(params, x, "xla")
+    for impl in ("im2col", "im2col_vjp"):
+        np.testing.assert_allclose(out(impl), out("xla"), rtol=1e-5, atol=1e-5)
+        for grad in (jax.grad, fg.grad):
+            got = grad(loss, argnums=(0, 1))(params, x, impl)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# Stride-1 geometries, where im2col_vjp's hand-written backward runs; odd and even batches (the
+# weight gradient is split into two half-batch matmuls when the batch is even).
+VJP_GEOMETRIES = [
+    ((7, 7), (3, 3), "SAME", 2),
+    ((7, 7), (3, 3), "SAME", 3),
+    ((8, 6), (3, 3), "VALID", 4),
+    ((6, 7), (2, 4), "SAME", 2),  # even kernel: SAME pads (0, 1) / (1, 2)
+    ((6, 7), (4, 2), "VALID", 1),
+    ((5, 5), (1, 1), "SAME", 2),
+]
+
+
+@pytest.mark.parametrize(("hw", "kernel", "padding", "batch"), VJP_GEOMETRIES)
+def test_im2col_vjp_backward_equals_the_derived_one_jitted_and_eager(hw, kernel, padding, batch):
+    k1, k2, k3 = jax.random.split(jax.random.key(3), 3)
+    params = layers.conv2d_init(k1, kernel, 3, 5)
+    x = jax.random.normal(k2, (batch, *hw, 3))
+    ct = jax.random.normal(k3, layers.conv2d(params, x, padding=padding).shape)
+
+    def loss(p, x, impl):
+        return jnp.sum(layers.conv2d(p, x, padding=padding, impl=impl) * ct)
+
+    expected = jax.grad(loss, argnums=(0, 1))(params, x, "im2col")
     for grad in (jax.grad, fg.grad):
-        got = grad(loss, argnums=(0, 1))(params, x, "im2col")
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        eager = grad(loss, argnums=(0, 1))
+        jitted = jax.jit(eager, static_argnums=2)
+        for got in (eager(params, x, "im2col_vjp"), jitted(params, x, "im2col_vjp")):
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+                assert a.shape == b.shape and a.dtype == b.dtype
+                np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+
+
+def test_im2col_vjp_second_derivatives_and_vmap():
+    params = layers.conv2d_init(jax.random.key(0), 3, 2, 3)
+    x = jax.random.normal(jax.random.key(1), (2, 6, 6, 2))
+
+    def loss(p, x, impl):
+        return jnp.sum(jnp.tanh(layers.conv2d(p, x, impl=impl)) ** 2)
+
+    def grad_norm(x, impl, grad):  # d/dx of |dL/dW|^2: reverse over reverse
+        return jnp.sum(grad(loss)(params, x, impl)["W"] ** 2)
+
+    expected = jax.grad(grad_norm)(x, "im2col", jax.grad)
+    for grad in (jax.grad, fg.grad):
+        got = grad(grad_norm)(x, "im2col_vjp", grad)
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+    per_example = jax.vmap(jax.grad(loss), in_axes=(None, 0, None))
+    np.testing.assert_allclose(
+        per_example(params, x[:, None], "im2col_vjp")["W"],
+        per_example(params, x[:, None], "im2col")["W"],
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_im2col_vjp_has_no_forward_mode_as_documented():
+    params = layers.conv2d_init(jax.random.key(0), 3, 1, 2)
+    x = jnp.ones((1, 4, 4, 1))
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda x: layers.conv2d(params, x, impl="im2col_vjp"), (x,), (x,))
+    # The default formulation has one: it is what jax.hessian / jacfwd users should pick.
+    jax.jvp(lambda x: layers.conv2d(params, x, impl="im2col"), (x,), (x,))
 
 
 def test_reshape_pool_equals_reduce_window_pool_including_odd_sizes():
@@ -94,8 +161,9 @@ def test_the_cnn_trains_the_same_with_either_formulation():
         )
 
     ref_loss, ref_grads = jax.value_and_grad(loss)(params, "xla", "xla")
-    for value_and_grad in (jax.value_and_grad, fg.value_and_grad):
-        got_loss, got_grads = value_and_grad(loss)(params, "im2col", "reshape")
-        np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
-        for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    for conv_impl in ("im2col", "im2col_vjp"):
+        for value_and_grad in (jax.value_and_grad, fg.value_and_grad):
+            got_loss, got_grads = value_and_grad(loss)(params, conv_impl, "reshape")
+            np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
+            for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads)):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

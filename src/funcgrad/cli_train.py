@@ -21,6 +21,7 @@ unless already on this machine).
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from typing import Any
 
@@ -151,7 +152,10 @@ def build_model(model: str, dataset: dict[str, Any], key: Any, images: bool) -> 
         if not images:
             raise UsageError("--model cnn needs images: use --dataset mnist or fashion-mnist.")
         params = cnn.init(key, dense_sizes=(128, outputs))
-        return params, cnn.apply, lambda x: scaled(x)[..., None]
+        # Training: the im2col convolutions with their hand-written backward pass (about 20%
+        # faster on CPU than the derived one; the same function and gradients).
+        apply = functools.partial(cnn.apply, conv_impl="im2col_vjp")
+        return params, apply, lambda x: scaled(x)[..., None]
     if model == "transformer":
         if task == "regression":
             raise UsageError(
