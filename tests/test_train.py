@@ -601,6 +601,96 @@ def test_sharded_over_8_devices_matches_one_device(engine):
     assert "batch_size=60 does not split evenly over the 8 devices" in result["uneven"]
 
 
+MULTI_HOST_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    process, port, checkpoint = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process
+    )
+    import numpy as np, optax
+    import funcgrad as fg
+    from funcgrad import train
+    from funcgrad.models import mlp
+
+    # The README's recipe: every process passes the same data and key; the mesh spans the
+    # devices of every process.
+    x, y = fg.data.two_moons(jax.random.key(0), 1000, noise=0.1)
+    params = mlp.init(jax.random.key(1), [2, 16, 16, 1])
+    common = dict(optimizer=optax.adam(1e-2), epochs=3, batch_size=64, key=jax.random.key(2),
+                  has_aux=True, eval_data=(x[:200], y[:200]), eval_batch_size=48,
+                  grad_engine="funcgrad")
+    single, h1 = train.fit(train.classifier_loss(mlp.apply), params, (x, y), **common)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    sharded, h4 = train.fit(train.classifier_loss(mlp.apply), params, (x, y), mesh=mesh,
+                            checkpoint_path=checkpoint, **common)
+    leaf = jax.tree.leaves(sharded)[0]
+    print(json.dumps({
+        "process": jax.process_index(), "processes": jax.process_count(),
+        "devices": len(leaf.sharding.device_set), "local": jax.local_device_count(),
+        "diff": max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded))),
+        "loss1": h1["loss"], "loss4": h4["loss"],
+        "acc1": h1["eval_accuracy"], "acc4": h4["eval_accuracy"],
+        "params": [np.asarray(a).tolist() for a in jax.tree.leaves(sharded)],
+    }))
+    """
+)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_jax_distributed_match_one_device(tmp_path):
+    """Multi-host as the README describes it, on one machine: two processes with two CPU devices
+    each, joined by ``jax.distributed.initialize`` (gloo collectives), one mesh of 4 devices."""
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    checkpoint = tmp_path / "run.fgz"
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", MULTI_HOST_SCRIPT, str(i), port, str(checkpoint)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [proc.communicate(timeout=600) for proc in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    results = []
+    for proc, (stdout, stderr) in zip(procs, outputs):
+        assert proc.returncode == 0, stderr[-3000:]
+        results.append(json.loads(stdout.strip().splitlines()[-1]))
+    for i, result in enumerate(results):
+        assert result["process"] == i and result["processes"] == 2
+        assert result["devices"] == 4 and result["local"] == 2
+        # Same batches as one device; only the reduction order differs (see the 8-device test).
+        assert result["diff"] <= 1e-4
+        np.testing.assert_allclose(result["loss4"], result["loss1"], rtol=1e-4)
+        assert result["acc4"] == pytest.approx(result["acc1"], abs=1 / 200)
+    assert results[0]["params"] == results[1]["params"]  # every process holds the same state
+    # Process 0 wrote the checkpoint (once, atomically); it loads as the trained state.
+    restored = fg.checkpoint.load(checkpoint)
+    for got, want in zip(jax.tree.leaves(restored["params"]), results[0]["params"], strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want, np.float32))
+    assert [p.name for p in tmp_path.iterdir()] == ["run.fgz"]
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-step keys (dropout)
 
