@@ -321,6 +321,13 @@ def _step_key(epoch_key: jax.Array, step: Any) -> jax.Array:
 
 
 _DROPOUT_STREAM = 0x0D0  # fold_in tag separating per-step keys from the shuffling key
+# Steps per iteration of the epoch's while loop. Four steps in one loop body let XLA overlap
+# one step's tail (Adam) with the next one's head (the batch gather) and pay the loop's
+# per-iteration cost a quarter as often: the MNIST MLP's compiled epoch on the 2-core CPU went
+# 125-129 -> 120-123 ms at batch 128 and 258 -> 224 ms at batch 32 (2 steps: slower, 130 ms;
+# 8: no better than 4); the CNN's is unchanged. The price is compilation: 0.9-1.0 s instead of
+# 0.5-0.7 s for the MLP's epoch, 1.6 s instead of 1.0 s for the CNN's, paid once per fit.
+_SCAN_UNROLL = 4
 
 
 class _Programs:
@@ -444,7 +451,9 @@ class _Programs:
             return (new_params, new_state, bad, i + 1), (loss, aux)
 
         init = (params, opt_state, jnp.int32(-1), jnp.int32(0))
-        (params, opt_state, bad, _), (step_losses, step_aux) = lax.scan(body, init, order)
+        (params, opt_state, bad, _), (step_losses, step_aux) = lax.scan(
+            body, init, order, unroll=_SCAN_UNROLL
+        )
         finite = jnp.all(jnp.isfinite(step_losses)) & _all_finite(params)
         return params, opt_state, step_losses, step_aux, finite, bad
 
