@@ -321,12 +321,13 @@ def _step_key(epoch_key: jax.Array, step: Any) -> jax.Array:
 
 
 _DROPOUT_STREAM = 0x0D0  # fold_in tag separating per-step keys from the shuffling key
-# Steps per iteration of the epoch's while loop. Four steps in one loop body let XLA overlap
-# one step's tail (Adam) with the next one's head (the batch gather) and pay the loop's
-# per-iteration cost a quarter as often: the MNIST MLP's compiled epoch on the 2-core CPU went
-# 125-129 -> 120-123 ms at batch 128 and 258 -> 224 ms at batch 32 (2 steps: slower, 130 ms;
-# 8: no better than 4); the CNN's is unchanged. The price is compilation: 0.9-1.0 s instead of
-# 0.5-0.7 s for the MLP's epoch, 1.6 s instead of 1.0 s for the CNN's, paid once per fit.
+# Steps per iteration of the epoch's while loop. With four steps in one loop body XLA can
+# schedule across step boundaries (presumably the next step's batch gather beside this step's
+# Adam update; not profiled) and the loop's per-iteration cost is paid a quarter as often.
+# scripts/bench_unroll.py, MNIST MLP on the 2-core CPU: compiled epoch 131-132 -> 125-128 ms
+# at batch 128 (2 steps: slower; 8: no better than 4) and 251 -> 219 ms at batch 32; the CNN's
+# is unchanged. The price is compilation, paid once per fit: 0.9 s instead of 0.5 s for the
+# MLP's epoch at batch 128 (1.2 s at 32), 1.6 s instead of 1.0 s for the CNN's.
 _SCAN_UNROLL = 4
 
 
