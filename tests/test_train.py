@@ -606,8 +606,7 @@ MULTI_HOST_SCRIPT = textwrap.dedent(
     import json, sys
     import jax
     process, port, checkpoint = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
+    jax.distributed.initialize(  # CPU collectives: gloo, JAX's default
         coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process
     )
     import numpy as np, optax
