@@ -146,7 +146,9 @@ def test_the_installed_command_shards_over_devices_in_a_fresh_process():
     not FASHION.is_dir(),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
-def test_fashion_mnist_cnn_on_a_slice_of_the_training_set(capsys):
+@pytest.mark.parametrize("conv_impl", [None, "im2col"])  # None: the default, im2col_vjp
+def test_fashion_mnist_cnn_on_a_slice_of_the_training_set(capsys, conv_impl):
+    extra = [] if conv_impl is None else ["--conv-impl", conv_impl]
     status, out, err = run(
         capsys,
         "--model",
@@ -159,6 +161,9 @@ def test_fashion_mnist_cnn_on_a_slice_of_the_training_set(capsys):
         "64",
         "--train-size",
         "1024",
+        "--engine",
+        "funcgrad",
+        *extra,
     )
     assert status == 0, err
     assert "(1024 examples, 10000 test)" in out.splitlines()[0]

@@ -45,6 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="gradients from jax.grad or from funcgrad's hand-written VJP rules (default jax)",
     )
     parser.add_argument(
+        "--conv-impl",
+        choices=("im2col_vjp", "im2col", "xla"),
+        default="im2col_vjp",
+        help="--model cnn: how its convolutions are computed (see funcgrad.models.layers.conv2d): "
+        "im2col_vjp, a hand-written backward pass, fastest on CPU (default); im2col, every "
+        "gradient step derived by the engine; xla, lax.conv_general_dilated",
+    )
+    parser.add_argument(
         "--devices",
         type=int,
         default=None,
@@ -129,8 +137,11 @@ def tokenize(x: Any, kind: str) -> Any:
 # Models
 
 
-def build_model(model: str, dataset: dict[str, Any], key: Any, images: bool) -> tuple:
-    """``(params, apply_fn, transform)``: ``transform`` maps the data's x to the model's input."""
+def build_model(
+    model: str, dataset: dict[str, Any], key: Any, images: bool, conv_impl: str = "im2col_vjp"
+) -> tuple:
+    """``(params, apply_fn, transform)``: ``transform`` maps the data's x to the model's input;
+    ``conv_impl`` is the CNN's ``cnn.apply(..., conv_impl=)``."""
     import numpy as np
 
     from funcgrad.models import cnn, linear, mlp, transformer
@@ -152,9 +163,9 @@ def build_model(model: str, dataset: dict[str, Any], key: Any, images: bool) -> 
         if not images:
             raise UsageError("--model cnn needs images: use --dataset mnist or fashion-mnist.")
         params = cnn.init(key, dense_sizes=(128, outputs))
-        # Training: the im2col convolutions with their hand-written backward pass (about 20%
+        # Default: the im2col convolutions with their hand-written backward pass (about 20%
         # faster on CPU than the derived one; the same function and gradients).
-        apply = functools.partial(cnn.apply, conv_impl="im2col_vjp")
+        apply = functools.partial(cnn.apply, conv_impl=conv_impl)
         return params, apply, lambda x: scaled(x)[..., None]
     if model == "transformer":
         if task == "regression":
@@ -270,7 +281,7 @@ def _run(args: argparse.Namespace) -> int:
     key = jax.random.key(args.seed)
     data_key, init_key, train_key = jax.random.split(key, 3)
     dataset = load_data(args.dataset, data_key, data_dir=args.data_dir)
-    params, apply_fn, transform = build_model(args.model, dataset, init_key, images)
+    params, apply_fn, transform = build_model(args.model, dataset, init_key, images, args.conv_impl)
     x_train, y_train = dataset["train"]
     x_test, y_test = dataset["test"]
     if args.train_size is not None:
