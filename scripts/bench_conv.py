@@ -46,7 +46,7 @@ def _unsplit_fwd(x: jax.Array, w: jax.Array, padding: str) -> tuple:
 def _unsplit_bwd(padding: str, residuals: tuple, dy: jax.Array) -> tuple:
     """im2col_vjp's backward with dW as one dot_general over (example, row, column)."""
     patches, w = residuals
-    dx, _ = layers._im2col_conv_bwd(padding, residuals, dy)
+    dx = layers._input_grad_as_conv(dy, w, padding)
     dw = lax.dot_general(dy, patches, (((0, 1, 2), (0, 1, 2)), ((), ()))).T
     return dx, dw.reshape(w.shape)
 

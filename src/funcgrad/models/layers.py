@@ -269,8 +269,13 @@ def _patches(x: jax.Array, kh: int, kw: int, strides: tuple[int, int], padding: 
 
 def _conv2d_im2col(x: jax.Array, w: jax.Array, strides: tuple[int, int], padding: str) -> jax.Array:
     """conv_general_dilated(NHWC, HWIO) as patches @ W: static slices, concatenate, one dot."""
+    return _patches(x, *w.shape[:2], strides, padding) @ _kernel_matrix(w)
+
+
+def _kernel_matrix(w: jax.Array) -> jax.Array:
+    """HWIO kernel as the ``(kh·kw·c_in, c_out)`` matrix the patches multiply."""
     kh, kw, c_in, c_out = w.shape
-    return _patches(x, kh, kw, strides, padding) @ w.reshape(kh * kw * c_in, c_out)
+    return w.reshape(kh * kw * c_in, c_out)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -282,42 +287,51 @@ def _im2col_conv(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
 def _im2col_conv_fwd(
     x: jax.Array, w: jax.Array, padding: str
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    kh, kw, c_in, c_out = w.shape
-    patches = _patches(x, kh, kw, (1, 1), padding)
-    return patches @ w.reshape(kh * kw * c_in, c_out), (patches, w)
+    patches = _patches(x, *w.shape[:2], (1, 1), padding)
+    return patches @ _kernel_matrix(w), (patches, w)
 
 
 def _im2col_conv_bwd(
     padding: str, residuals: tuple[jax.Array, jax.Array], dy: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
-    """dX = conv(dY, W flipped in space with in/out swapped), padded (kh-1-top, kh-1-bottom);
-    dW = patchesᵀ·dY, summed over two half-batch matmuls.
+    """(dX, dW) of the stride-1 im2col convolution: :func:`_input_grad_as_conv` and
+    :func:`_kernel_grad_in_halves`.
 
-    With stride 1, dX[p] = Σ_{i + d = p + top} dY[i] W[d] is a correlation of dY (padded by
-    kh-1-top before, kh-1-bottom after) with the reversed kernel: a forward convolution, which
-    XLA:CPU runs with its fast convolution kernels. The weight gradient contracts over every
-    (example, row, column); split into two half-batch matmuls (a batched dot_general, then a
-    sum) it runs better than as one long, thin matmul. The MNIST CNN's jitted training step on
-    the 2-core CPU (``scripts/bench_conv.py``, medians of three runs): derived backward 42–46 ms,
-    this one 33–37 ms, this one with dW unsplit 39–49 ms. The pads come from dY's shape: with
-    stride 1, "SAME" gives the same pads for input and output sizes, "VALID" none."""
+    The MNIST CNN's jitted training step on the 2-core CPU (``scripts/bench_conv.py``, medians
+    of three runs): derived backward 42–46 ms, this one 33–37 ms, this one with dW as one
+    matmul 39–49 ms."""
     patches, w = residuals
-    kh, kw, c_in, c_out = w.shape
-    n = patches.shape[0]
-    chunks = 2 if n % 2 == 0 else 1
-    rows = patches.reshape(chunks, -1, kh * kw * c_in)
-    dw = lax.dot_general(rows, dy.reshape(chunks, -1, c_out), (((1,), (1,)), ((0,), (0,))))
-    dw = jnp.sum(dw, axis=0).reshape(w.shape)
+    dx = _input_grad_as_conv(dy, w, padding)
+    return dx.astype(patches.dtype), _kernel_grad_in_halves(patches, dy, w.shape).astype(w.dtype)
+
+
+def _input_grad_as_conv(dy: jax.Array, w: jax.Array, padding: str) -> jax.Array:
+    """dX = conv(dY padded (kh-1-top, kh-1-bottom), W flipped in space with in/out swapped).
+
+    With stride 1, dX[p] = Σ_{i + d = p + top} dY[i] W[d] is a correlation of the padded dY with
+    the reversed kernel: a forward convolution, which XLA:CPU runs with its fast convolution
+    kernels. The pads come from dY's shape: with stride 1, "SAME" gives the same pads for input
+    and output sizes, "VALID" none."""
+    kh, kw = w.shape[:2]
     (top, bottom), (left, right) = lax.padtype_to_pads(dy.shape[1:3], (kh, kw), (1, 1), padding)
-    flipped = jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2)
-    dx = lax.conv_general_dilated(
+    return lax.conv_general_dilated(
         dy,
-        flipped,
+        jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2),
         window_strides=(1, 1),
         padding=[(kh - 1 - top, kh - 1 - bottom), (kw - 1 - left, kw - 1 - right)],
         dimension_numbers=_CONV_DIMS,
     )
-    return dx.astype(patches.dtype), dw.astype(w.dtype)
+
+
+def _kernel_grad_in_halves(
+    patches: jax.Array, dy: jax.Array, w_shape: tuple[int, ...]
+) -> jax.Array:
+    """dW = patchesᵀ·dY, contracted over every (example, row, column), as two half-batch
+    matmuls (one batched dot_general, then a sum): it runs better than one long, thin matmul."""
+    chunks = 2 if patches.shape[0] % 2 == 0 else 1
+    rows = patches.reshape(chunks, -1, patches.shape[-1])
+    dw = lax.dot_general(rows, dy.reshape(chunks, -1, dy.shape[-1]), (((1,), (1,)), ((0,), (0,))))
+    return jnp.sum(dw, axis=0).reshape(w_shape)
 
 
 _im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
