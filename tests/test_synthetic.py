@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from funcgrad import data
+from funcgrad.data.batching import _stable_argsort_uint32
 
 N = 101  # one size throughout: each generator compiles once per size
 
@@ -173,6 +174,17 @@ def test_host_permutation_is_jax_random_permutation(n, make_key):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("spread", [1, 3, 70_000, 2**32])
+def test_radix_argsort_is_numpy_stable_argsort(spread):
+    # Many ties (spread 1 or 3), ties only in the high or low half, and full-range keys: the two
+    # 16-bit passes must give exactly NumPy's stable order.
+    rng = np.random.default_rng(spread)
+    keys = rng.integers(0, spread, size=5000, dtype=np.uint64).astype(np.uint32)
+    if spread == 70_000:
+        keys |= np.uint32(0xABCD0000)  # equal high halves
+    np.testing.assert_array_equal(_stable_argsort_uint32(keys), np.argsort(keys, kind="stable"))
+
+
 def test_host_permutation_follows_x64_dtype_and_rejects_bad_sizes():
     with jax.enable_x64(True):
         key = jax.random.key(3)
@@ -182,7 +194,6 @@ def test_host_permutation_follows_x64_dtype_and_rejects_bad_sizes():
     np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="n must be in"):
         data.permutation(jax.random.key(0), -1)
-
 
 
 @pytest.mark.parametrize("as_jax", [False, True])

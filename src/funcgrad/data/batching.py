@@ -62,22 +62,29 @@ def permutation(key: jax.Array, n: int) -> np.ndarray:
 
     ``jax.random.permutation`` draws one row of random 32-bit sort keys per round (two rounds
     for 2,049 to about 1.7 million elements) and stable-sorts the indices by each row in turn.
-    This draws the same keys with JAX and does the sorts with NumPy: the same indices, the same
-    dtype, but in about 7 ms instead of 26 ms for n = 60,000 on a 2-core CPU, whose XLA sort is a
-    slow comparison sort. Each round sorts ``key << 32 | position`` as uint64: the values are
-    distinct, so NumPy's fast unstable sort gives the stable order. ``key`` must be concrete;
-    under ``jax.jit`` use ``jax.random.permutation``.
+    This draws the same keys with JAX and does the stable sorts with NumPy (two 16-bit radix
+    passes per row): the same indices, the same dtype, in about 2.5 ms instead of 27 ms for
+    n = 60,000 on a 2-core CPU, whose XLA sort is a slow comparison sort. ``key`` must be
+    concrete; under ``jax.jit`` use ``jax.random.permutation``.
     """
     n = int(n)
     if not 0 <= n < 2**32:
         raise ValueError(f"permutation: n must be in [0, 2**32), got {n}.")
     order = np.arange(n, dtype=jax.dtypes.canonicalize_dtype(np.int64))
-    positions = np.arange(n, dtype=np.uint64)
     for row in np.asarray(_sort_keys(key, n, _shuffle_rounds(n))):
-        packed = (row.astype(np.uint64) << np.uint64(32)) | positions
-        packed.sort()
-        order = order[(packed & np.uint64(0xFFFFFFFF)).astype(np.intp)]
+        order = order[_stable_argsort_uint32(row)]
     return order
+
+
+def _stable_argsort_uint32(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` for uint32 keys, as two least-significant-digit
+    radix passes: a stable sort by the low 16 bits, then by the high 16 bits. NumPy's stable
+    sort of 16-bit integers is a radix sort, O(n); of 32-bit ones a merge sort (~6x slower at
+    n = 60,000)."""
+    low = (keys & 0xFFFF).astype(np.uint16)
+    high = (keys >> 16).astype(np.uint16)
+    by_low = np.argsort(low, kind="stable")
+    return by_low[np.argsort(high[by_low], kind="stable")]
 
 
 def _permutation(key: jax.Array, n: int, *, host: bool) -> np.ndarray | jax.Array:
