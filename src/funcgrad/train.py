@@ -797,6 +797,8 @@ def fit(
     # Placement is asynchronous: wait for it, so that no epoch's time includes the copy.
     jax.block_until_ready((params, opt_state, data, eval_arrays))
     start = time.perf_counter()
+    if initial_epoch < epochs:  # compiles the shuffle's sort-key draw: not an epoch's time
+        programs.order(jax.random.fold_in(key, initial_epoch), n)
 
     try:
         for epoch in range(initial_epoch, epochs):
