@@ -512,6 +512,13 @@ def fit_linear(**overrides):
         ),
         ({"eval_data": (jnp.zeros((3, 1)), jnp.zeros((2,)))}, ValueError, "eval_data has 3"),
         ({"callbacks": [None]}, TypeError, "callback must be callable"),
+        ({"compiler_options": ["xla_cpu_enable_fast_math"]}, TypeError, "dict of XLA option"),
+        ({"compiler_options": {"xla_cpu_enable_fast_math": None}}, TypeError, "str, bool, int"),
+        (
+            {"compiler_options": {"xla_no_such_option": True}},
+            ValueError,
+            "XLA rejected compiler_options.*xla_no_such_option",
+        ),
     ],
 )
 def test_bad_arguments_are_named(overrides, error, match):
@@ -523,6 +530,42 @@ def test_a_mesh_without_the_data_axis_is_refused():
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("model",))
     with pytest.raises(ValueError, match="no 'data' axis"):
         fit_linear(mesh=mesh)
+
+
+def test_default_compiler_options_are_for_cpu_only_and_fall_back_to_none(monkeypatch):
+    cpu = train.default_compiler_options("cpu")
+    assert cpu == train._CPU_COMPILER_OPTIONS  # this XLA knows the option
+    assert train.default_compiler_options("gpu") == {}
+    assert train.default_compiler_options("tpu") == {}
+    # An XLA that no longer knows the option: fit compiles with XLA's defaults and trains.
+    monkeypatch.setattr(train, "_CPU_COMPILER_OPTIONS", {"xla_renamed_in_a_later_release": "x"})
+    assert train.default_compiler_options("cpu") == {}
+    _, history = fit_linear(epochs=2)
+    assert len(history["loss"]) == 2
+
+
+def test_compiler_options_default_and_xla_defaults_train_alike():
+    """fit's CPU options change which library runs the matmuls, not what is computed."""
+    (x, y) = fg.data.two_moons(jax.random.key(0), 512, noise=0.1)
+    params = mlp.init(jax.random.key(1), [2, 16, 16, 1])
+    runs = [
+        train.fit(
+            moons_loss(),
+            params,
+            (x, y),
+            optimizer=optax.adam(1e-2),
+            epochs=3,
+            batch_size=64,
+            key=jax.random.key(2),
+            has_aux=True,
+            compiler_options=options,
+        )
+        for options in (None, {})
+    ]
+    (p_fit, h_fit), (p_xla, h_xla) = runs
+    np.testing.assert_allclose(h_fit["loss"], h_xla["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(p_fit), jax.tree.leaves(p_xla), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 def test_zero_epochs_returns_the_params_unchanged():
