@@ -9,6 +9,8 @@ initialisation scheme for every implementation:
   users call it: the data is placed on the device once), in a thread that pauses at each
   epoch-end callback while the other implementations take their turn;
 - fit (funcgrad): the same with ``grad_engine="funcgrad"``, the hand-written VJP rules;
+- for the MLP, both fit rows again with ``compiler_options={}``: XLA's own defaults (matmuls
+  on YNNPACK) instead of fit's CPU defaults (matmuls on Eigen), to show what those are worth;
 - PyTorch eager (CPU, ``torch.set_num_threads(2)``): the usual loop, ``loss.backward()``,
   ``torch.optim.Adam``;
 - NumPy: hand-written backprop and Adam (MLP only; for the CNN: N/A, im2col in NumPy would be a
@@ -28,9 +30,9 @@ examples/s, ratios, wall time to a fixed test accuracy (0.85 MLP, 0.88 CNN) from
 training, compilation and the per-epoch test evaluations included, the final test accuracy, and
 the 1-minute load average during the row (the machine is shared: rows measured under load are
 slower than the machine can do). The header gives the machine's matmul peak (median GFLOP/s of a
-jitted 2048x2048 f32 matmul) and the MLP's achieved GFLOP/s, counted as the exact matmul FLOPs
-of one training step per example: 2·(784·64 + 64·10) forward + 2·(784·64 + 2·64·10) backward
-(no input gradient for the first layer) = 204,544.
+jitted 2048x2048 f32 matmul, the better of the two option sets) and the MLP's achieved GFLOP/s,
+counted as the exact matmul FLOPs of one training step per example: 2·(784·64 + 64·10) forward
++ 2·(784·64 + 2·64·10) backward (no input gradient for the first layer) = 204,544.
 
     .venv/bin/python scripts/bench_train.py [--mlp-epochs 10] [--cnn-epochs 3] [--skip-cnn]
         [--skip-torch] [--out scripts/results/bench_train.md]
@@ -65,6 +67,11 @@ from funcgrad.models import cnn, mlp
 LR = 1e-3
 MLP_FLOPS_PER_EXAMPLE = 2 * (784 * 64 + 64 * 10) + 2 * (784 * 64 + 2 * 64 * 10)
 TARGETS = {"mlp": 0.85, "cnn": 0.88}
+XLA_DEFAULTS: dict[str, Any] = {}  # fit(compiler_options={}): XLA's own, not fit's CPU defaults
+OPTION_SETS = {
+    "XLA's default options": XLA_DEFAULTS,
+    "fit's default options": train.default_compiler_options(),
+}
 
 
 def load() -> float:
@@ -239,11 +246,23 @@ class Fit(Trainer):
     the round robin and waits (blocked, using no CPU) for this trainer's next turn."""
 
     def __init__(
-        self, model: str, data: tuple, batch: int, engine: str, **model_kwargs: Any
+        self,
+        model: str,
+        data: tuple,
+        batch: int,
+        engine: str,
+        compiler_options: dict[str, Any] | None = None,
+        **model_kwargs: Any,
     ) -> None:
         self.name = f"funcgrad fit, {engine} engine"
         if model_kwargs:
             self.name += ", " + ", ".join(f"{k}={v!r}" for k, v in model_kwargs.items())
+        if compiler_options is not None:
+            self.name += ", " + (
+                ", ".join(f"{k}={v!r}" for k, v in compiler_options.items())
+                or "compiler_options={} (XLA's defaults)"
+            )
+        self.compiler_options = compiler_options
         (self.x, self.y), (self.xt, self.yt) = shaped(model, data)
         apply = mlp.apply if model == "mlp" else cnn.apply
         self.loss_fn = train.classifier_loss(apply, **model_kwargs)
@@ -282,6 +301,7 @@ class Fit(Trainer):
                 eval_batch_size=500,
                 grad_engine=self.engine,
                 callbacks=[hand_back],
+                compiler_options=self.compiler_options,
             )
         except BaseException as error:  # reported by epoch() in the main thread
             self.results.put(error)
@@ -473,14 +493,25 @@ def _median_seconds(f: Callable[..., Any], *args: Any, repeats: int) -> float:
 
 
 def matmul_peak(size: int = 2048, repeats: int = 15) -> float:
-    """Median GFLOP/s of a jitted size x size float32 matmul."""
+    """Median GFLOP/s of a jitted size x size float32 matmul: the better of XLA's default
+    options (YNNPACK) and fit's CPU options (Eigen), so the peak is the machine's, not one
+    library's."""
     a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    seconds = _median_seconds(jax.jit(lambda a, b: a @ b), a, b, repeats=repeats)
-    return 2 * size**3 / seconds / 1e9
+    rates = []
+    for options in OPTION_SETS.values():
+        compiled = jax.jit(lambda a, b: a @ b, compiler_options=options or None)
+        rates.append(2 * size**3 / _median_seconds(compiled, a, b, repeats=repeats) / 1e9)
+    return max(rates)
 
 
-def scan_matmul_rate(batch: int, steps: int = 468, repeats: int = 5, rounds: int = 3) -> float:
+def scan_matmul_rate(
+    batch: int,
+    compiler_options: dict[str, Any],
+    steps: int = 468,
+    repeats: int = 5,
+    rounds: int = 3,
+) -> float:
     """GFLOP/s of the MLP step's first-layer matmuls alone, one per ``lax.scan`` step.
 
     Forward ``x @ W`` (batch x 784 x 64) and weight gradient ``x.T @ d`` (784 x batch x 64), the two
@@ -499,7 +530,7 @@ def scan_matmul_rate(batch: int, steps: int = 468, repeats: int = 5, rounds: int
 
         return jax.lax.scan(step, w, xs)[0]
 
-    compiled = jax.jit(loop)
+    compiled = jax.jit(loop, compiler_options=compiler_options or None)
     seconds = min(_median_seconds(compiled, xs, w, repeats=repeats) for _ in range(rounds))
     return 2 * 2 * steps * batch * 784 * 64 / seconds / 1e9
 
@@ -565,7 +596,10 @@ def main() -> None:
     log("matmul peak ...")
     peak = matmul_peak()
     log("matmul rate at the MLP's shapes ...")
-    ceilings = {batch: scan_matmul_rate(batch) for batch in (128, 32)}
+    ceilings = {
+        batch: {name: scan_matmul_rate(batch, options) for name, options in OPTION_SETS.items()}
+        for batch in (128, 32)
+    }
     sections: list[tuple[str, list[Run], float]] = []
     mlp_rows: dict[int, list[Run]] = {}
     for batch in (128, 32):
@@ -574,6 +608,8 @@ def main() -> None:
             PlainJax("mlp", data, batch),
             Fit("mlp", data, batch, "jax"),
             Fit("mlp", data, batch, "funcgrad"),
+            Fit("mlp", data, batch, "jax", XLA_DEFAULTS),
+            Fit("mlp", data, batch, "funcgrad", XLA_DEFAULTS),
             NumpyMLP(data, batch),
         ]
         if not args.skip_torch:
@@ -611,9 +647,13 @@ def main() -> None:
         gflops = {r.name: r.throughput() * MLP_FLOPS_PER_EXAMPLE / 1e9 for r in rows}
         achieved = ", ".join(f"{name}: {g:.1f} ({g / peak:.0%})" for name, g in gflops.items())
         lines.append(f"- MLP batch {batch} achieved GFLOP/s (share of peak): {achieved}")
+        rates = ", ".join(
+            f"{rate:.1f} GFLOP/s ({rate / peak:.0%} of peak) with {name}"
+            for name, rate in ceilings[batch].items()
+        )
         lines.append(
             f"- MLP batch {batch} ceiling: its two first-layer matmuls alone in a lax.scan run at "
-            f"{ceilings[batch]:.1f} GFLOP/s ({ceilings[batch] / peak:.0%} of peak)"
+            + rates
         )
     lines.append("")
     for title, rows, target in sections:

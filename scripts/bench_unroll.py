@@ -2,8 +2,9 @@
 
 ``fit`` runs an epoch as ``lax.scan(step, ..., unroll=train._SCAN_UNROLL)``. This compiles the
 epoch of the MNIST-shaped MLP 784-64-10 (Adam; random data of Fashion-MNIST's size, 60,000
-examples) once per unroll value and engine, then runs the variants in turn for ``--rounds``
-rounds; it prints compile time and the median and minimum epoch time (compilation excluded).
+examples) once per unroll value and engine, with fit's default compiler options, then runs
+the variants in turn for ``--rounds`` rounds; it prints compile time and the median and
+minimum epoch time (compilation excluded).
 
     .venv/bin/python scripts/bench_unroll.py [--batch 128] [--rounds 11] [--unrolls 1 2 4 8]
 """
@@ -38,6 +39,7 @@ def compiled_epoch(engine: str, unroll: int, batch: int, x: Any, y: Any) -> tupl
         mesh=None,
         data_axis="data",
         with_progress=False,
+        compiler_options=tuple(train.default_compiler_options().items()),  # as fit compiles
     )
     params = mlp.init(jax.random.key(0), [784, 64, 10])
     order = programs.order(jax.random.key(1), N)
