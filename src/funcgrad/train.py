@@ -249,10 +249,11 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 
 # XLA:CPU hands each matmul to YNNPACK by default. At the skinny shapes of dense layers on small
-# batches (128 x 784 x 64) Eigen's kernels, XLA's other matmul library, are faster: the MNIST MLP's
-# compiled epoch takes about 15% less time (scripts/bench_train.py rows with and without these
-# options), while YNNPACK keeps the convolutions and reductions, where the CNN and the
-# transformer run the same either way (README, "Compiler options"). An XLA that does not know the
+# batches (32 x 784 x 64) Eigen's kernels, XLA's other matmul library, are faster: the MNIST
+# MLP's compiled epoch takes 280 ms instead of 347 at batch 32 (scripts/bench_epoch.py); at
+# batch 128 the two are within this shared machine's noise in some runs (222-240 vs 230-232 ms)
+# and up to 27% apart in others, never slower. YNNPACK keeps the convolutions and reductions:
+# the CNN's epoch is unchanged (bench_epoch.py --model cnn). An XLA that does not know the
 # option (it is experimental and may be renamed) gets none: see _xla_accepts.
 _CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type": (
@@ -384,9 +385,10 @@ _DROPOUT_STREAM = 0x0D0  # fold_in tag separating per-step keys from the shuffli
 # Steps per iteration of the epoch's while loop. With four steps in one loop body XLA can
 # schedule across step boundaries (presumably the next step's batch gather beside this step's
 # Adam update; not profiled) and the loop's per-iteration cost is paid a quarter as often.
-# scripts/bench_unroll.py, MNIST MLP on the 2-core CPU: compiled epoch 131-132 -> 125-128 ms
-# at batch 128 (2 steps: slower; 8: no better than 4) and 251 -> 219 ms at batch 32; the CNN's
-# is unchanged. The price is compilation, paid once per fit: 0.9 s instead of 0.5 s for the
+# scripts/bench_epoch.py --unrolls 1 2 4 8 --options xla (measured before fit had compiler
+# options), MNIST MLP on the 2-core CPU: compiled epoch 131-132 -> 125-128 ms at batch 128
+# (2 steps: slower; 8: no better than 4) and 251 -> 219 ms at batch 32; the CNN's is
+# unchanged. The price is compilation, paid once per fit: 0.9 s instead of 0.5 s for the
 # MLP's epoch at batch 128 (1.2 s at 32), 1.6 s instead of 1.0 s for the CNN's.
 _SCAN_UNROLL = 4
 
@@ -782,7 +784,7 @@ def fit(
       compiler_options: XLA options for every program ``fit`` compiles (the epochs, evaluation,
         the divergence diagnosis), as ``jax.jit(..., compiler_options=...)`` takes them. None
         (default): :func:`default_compiler_options` for the platform (on CPU, matmuls on Eigen:
-        about 15% faster for small dense layers); ``{}``: XLA's own defaults. An option this
+        up to 20% faster for small dense layers); ``{}``: XLA's own defaults. An option this
         XLA rejects raises a ``ValueError`` naming it.
 
     Returns:
