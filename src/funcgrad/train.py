@@ -603,28 +603,7 @@ def _programs(
 ) -> _Programs:
     """The programs for this configuration, reused by later fits with the same functions (as
     ``jax.jit`` reuses a compiled function): fitting again, or resuming, compiles nothing."""
-    args = (loss_fn, optimizer, grad_engine, has_aux, eval_fn, batch_size, mesh, data_axis)
-    try:
-        return _cached_programs(*args, with_progress, compiler_options)
-    except TypeError:  # an unhashable optimizer or function: build afresh
-        return _build_programs(*args, with_progress, compiler_options)
-
-
-def _build_programs(
-    loss_fn,
-    optimizer,
-    grad_engine,
-    has_aux,
-    eval_fn,
-    batch_size,
-    mesh,
-    data_axis,
-    with_progress,
-    compiler_options,
-) -> _Programs:
-    return _Programs(
-        loss_fn,
-        optimizer,
+    settings = dict(
         grad_engine=grad_engine,
         has_aux=has_aux,
         eval_fn=eval_fn,
@@ -634,9 +613,13 @@ def _build_programs(
         with_progress=with_progress,
         compiler_options=compiler_options,
     )
+    try:
+        return _cached_programs(loss_fn, optimizer, **settings)
+    except TypeError:  # an unhashable optimizer or function: build afresh
+        return _Programs(loss_fn, optimizer, **settings)
 
 
-_cached_programs = functools.lru_cache(maxsize=16)(_build_programs)
+_cached_programs = functools.lru_cache(maxsize=16)(_Programs)
 
 
 def _loss_metrics(loss_fn: LossFn, has_aux: bool) -> Callable[..., dict[str, Any]]:
