@@ -534,7 +534,10 @@ def test_a_mesh_without_the_data_axis_is_refused():
 
 def test_default_compiler_options_are_for_cpu_only_and_fall_back_to_none(monkeypatch):
     cpu = train.default_compiler_options("cpu")
-    assert cpu == train._CPU_COMPILER_OPTIONS  # this XLA knows the option
+    assert cpu == train._CPU_COMPILER_OPTIONS, (
+        "this jaxlib's XLA rejects fit's CPU option: fit still works (with XLA's defaults) but "
+        "has lost its Eigen matmuls; find the option's new name and update _CPU_COMPILER_OPTIONS"
+    )
     assert train.default_compiler_options("gpu") == {}
     assert train.default_compiler_options("tpu") == {}
     # An XLA that no longer knows the option: fit compiles with XLA's defaults and trains.
