@@ -21,14 +21,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import dtypes
-from jax.extend.core import ClosedJaxpr, Literal, Var
+from jax.extend.core import ClosedJaxpr
 
 from funcgrad._args import arg_names as _arg_names
 from funcgrad._args import argnums_tuple as _argnums_tuple
 from funcgrad._paths import path_to_str
+from funcgrad.interpret import rules  # noqa: F401  (registers every rule)
 from funcgrad.interpret.backward import backward
-from funcgrad.interpret.tagging import tag_p
-from funcgrad.interpret.trace import INSPECTING, Trace, evaluate, is_differentiable
+from funcgrad.interpret.eager import EAGER
+from funcgrad.interpret.shortcuts import PLAIN, Shortcuts, using_shortcuts
+from funcgrad.interpret.trace import Trace, evaluate, is_differentiable
 
 __all__ = ["grad", "hessian", "jacrev", "trace", "value_and_grad", "vjp"]
 
@@ -118,16 +120,20 @@ class _Traced:
     def out_avals(self) -> list[Any]:
         return [v.aval for v in self.closed.jaxpr.outvars[: self.n_out]]
 
-    def evaluate(self, *, prune: bool = False) -> Trace:
-        """Evaluate forward; ``prune=True`` keeps only what the backward pass reads.
+    @property
+    def shortcuts(self) -> Shortcuts:
+        """Eager shortcuts for concrete arguments; the plain interpreter under a trace."""
+        if any(isinstance(a, jax.core.Tracer) for a in self.dyn_args):
+            return PLAIN
+        return EAGER
 
-        Pruning is for eager calls: under a trace (``jax.jit``) XLA drops dead values itself, so
-        the bookkeeping would only add tracing time.
-        """
+    def evaluate(self, shortcuts: Shortcuts = PLAIN) -> Trace:
+        """Evaluate forward, keeping every value (or only residuals, if ``shortcuts`` says so)."""
         closed = self.closed
         active = [True] * len(self.dyn_args)
-        prune = prune and not any(isinstance(a, jax.core.Tracer) for a in self.dyn_args)
-        return evaluate(closed.jaxpr, closed.consts, self.dyn_args, active, prune=prune)
+        drops = shortcuts.forward_drops(closed.jaxpr, active)
+        with using_shortcuts(shortcuts):
+            return evaluate(closed.jaxpr, closed.consts, self.dyn_args, active, drops=drops)
 
     def split_outputs(self, values: list[Any]) -> tuple[Any, Any]:
         values = [v if isinstance(v, jax.Array) else jnp.asarray(v) for v in values]
@@ -201,9 +207,11 @@ def value_and_grad(
         traced = _Traced(fun, args, kwargs, nums, has_aux)
         _check_grad_inputs(traced, "grad")
         seed = _scalar_seed(traced, "grad")
-        tr = traced.evaluate(prune=True)
+        shortcuts = traced.shortcuts
+        tr = traced.evaluate(shortcuts)
         outs = tr.outputs
-        in_cts = backward(tr, [seed] + [None] * (len(outs) - 1), release=True)
+        with using_shortcuts(shortcuts):
+            in_cts = backward(tr, [seed] + [None] * (len(outs) - 1), release=True)
         grads = traced.grads_tree(in_cts)
         value, aux = traced.split_outputs(outs)
         g = grads[0] if isinstance(argnums, int) else grads
@@ -238,7 +246,8 @@ def vjp(fun: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
     if not primals:
         raise TypeError("fg.vjp needs at least one primal argument to differentiate")
     traced = _Traced(fun, primals, {}, tuple(range(len(primals))), has_aux)
-    tr = traced.evaluate(prune=True)
+    shortcuts = traced.shortcuts
+    tr = traced.evaluate(shortcuts)
     outs = tr.outputs
     out, aux = traced.split_outputs(outs)
     out_avals = traced.out_avals
@@ -264,7 +273,8 @@ def vjp(fun: Callable, *primals: Any, has_aux: bool = False) -> tuple[Any, ...]:
                     "corresponding output of the function had that shape/dtype"
                 )
             seeds.append(jnp.asarray(leaf, aval.dtype))
-        in_cts = backward(tr, seeds + [None] * n_aux)
+        with using_shortcuts(shortcuts):
+            in_cts = backward(tr, seeds + [None] * n_aux)
         return traced.grads_tree(in_cts)
 
     return (out, vjp_fn, aux) if has_aux else (out, vjp_fn)
@@ -356,15 +366,12 @@ def trace(
     nums = _argnums_tuple(argnums, len(args))
     traced = _Traced(fun, args, kwargs, nums, has_aux)
     seeds = _trace_seeds(traced, out_cotangent) if backward else None
-    token = INSPECTING.set(True)
-    try:
+    with using_shortcuts(PLAIN):  # every value and cotangent kept, every equation interpreted
         if jit:
             tr, in_cts = _evaluate_compiled(traced, seeds)
         else:
             tr = traced.evaluate()
             in_cts = _backward_seeded(tr, traced, seeds) if backward else None
-    finally:
-        INSPECTING.reset(token)
     value, aux = traced.split_outputs(tr.outputs)
     tr.closed_jaxpr = traced.closed
     tr.input_names = traced.input_names
@@ -433,59 +440,3 @@ def _evaluate_compiled(traced: _Traced, seeds: list[Any] | None) -> tuple[Trace,
     tr = skeleton.with_leaves(leaves, list(closed.consts))
     _with_cotangent_leaves(skeleton, tr, ct_leaves)
     return tr, in_cts
-
-
-def _find_tags(tr: Trace, name: str) -> list[tuple[Trace, Var]]:
-    found = []
-    for eqn in tr.jaxpr.eqns:
-        if eqn.primitive is tag_p and eqn.params["name"] == name:
-            found.append((tr, eqn.outvars[0]))
-    for _, _, record in tr.eqn_records():
-        if isinstance(record, Trace):
-            found.extend(_find_tags(record, name))
-    return found
-
-
-def tag_names(tr: Trace) -> list[str]:
-    """Names of every ``fg.tag`` reachable in ``tr`` (nested calls included), in order."""
-    names = [e.params["name"] for e in tr.jaxpr.eqns if e.primitive is tag_p]
-    for _, _, record in tr.eqn_records():
-        if isinstance(record, Trace):
-            names.extend(tag_names(record))
-    return names
-
-
-def lookup(tr: Trace, name: str) -> tuple[Trace, Any]:
-    """The (trace, variable) a name refers to: a differentiated input's path or a tag."""
-    names = getattr(tr, "input_names", None) or []
-    if name in names:
-        return tr, tr.jaxpr.invars[names.index(name)]
-    found = _find_tags(tr, name)
-    if not found:
-        known = [*names, *tag_names(tr)]
-        raise KeyError(
-            f"no input or fg.tag named {name!r} in this trace; known names: {known}. "
-            "Tags inside scan or cond bodies are not kept per iteration."
-        )
-    if len(found) > 1:
-        raise KeyError(
-            f"fg.tag name {name!r} appears {len(found)} times in this trace; give each tag a "
-            "distinct name (e.g. f'h{i}' in a loop)"
-        )
-    return found[0]
-
-
-def cotangent_of(tr: Trace, name: str) -> Any:
-    """funcgrad's cotangent of the input or tagged value ``name`` (zeros if none flowed)."""
-    owner, v = lookup(tr, name)
-    if isinstance(v, Literal):
-        raise KeyError(f"{name!r} is a literal constant; it has no cotangent")
-    cts = owner.cotangents or {}
-    ct = cts.get(v)
-    return jnp.zeros(v.aval.shape, v.aval.dtype) if ct is None else ct
-
-
-def value_of(tr: Trace, name: str) -> Any:
-    """The forward value of the input or tagged value ``name``."""
-    owner, v = lookup(tr, name)
-    return owner.read(v)

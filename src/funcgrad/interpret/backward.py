@@ -17,9 +17,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import DropVar, Literal, Var
 
-from funcgrad.interpret import padded
 from funcgrad.interpret.errors import RuleError, UnsupportedPrimitiveError, source_line
-from funcgrad.interpret.rules import RuleSpec, lookup_higher_order, lookup_vjp
+from funcgrad.interpret.registry import RuleSpec
+from funcgrad.interpret.shortcuts import Shortcuts, current_shortcuts
 from funcgrad.interpret.trace import Trace, is_differentiable, placeholder
 
 __all__ = ["backward", "emitting_rule", "instantiate", "zeros_like_aval"]
@@ -68,7 +68,7 @@ def instantiate(ct: Any, aval: Any) -> Any:
     return zeros_like_aval(aval) if ct is None else ct
 
 
-def _fit(ct: Any, v: Var, eqn: Any) -> Any:
+def _fit(ct: Any, v: Var, eqn: Any, shortcuts: Shortcuts) -> Any:
     """Check a rule's cotangent against its input's aval and cast it to the input's dtype."""
     aval = v.aval
     shape = getattr(ct, "shape", None)
@@ -81,7 +81,7 @@ def _fit(ct: Any, v: Var, eqn: Any) -> Any:
             f"cotangent of shape {tuple(shape)} for an input of shape {tuple(aval.shape)}"
         )
     if ct.dtype != aval.dtype:
-        ct = lax.convert_element_type(padded.materialize(ct), aval.dtype)
+        ct = lax.convert_element_type(shortcuts.dense(ct), aval.dtype)
     return ct
 
 
@@ -141,6 +141,7 @@ def backward(
 def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool, release: bool) -> list[Any]:
     jaxpr = trace.jaxpr
     active = trace.active
+    shortcuts = current_shortcuts()
     cts: dict[Var, Any] = {}
 
     def accumulate(v: Any, ct: Any) -> None:
@@ -151,7 +152,7 @@ def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool, release: bool) -
             cts[v] = ct
             return
         with _rule_scope(SUM_OF_COTANGENTS):
-            cts[v] = padded.accumulate(prev, ct)
+            cts[v] = shortcuts.add(prev, ct)
 
     for v, ct in zip(jaxpr.outvars, out_cts, strict=True):
         accumulate(v, ct)
@@ -159,56 +160,48 @@ def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool, release: bool) -
     kept: dict[Var, Any] = {}
     for i in range(len(jaxpr.eqns) - 1, -1, -1):
         eqn = jaxpr.eqns[i]
-        _transpose_eqn(i, eqn, trace, cts, accumulate, kept if keep else None)
+        eqn_cts = [None if isinstance(v, DropVar) else cts.get(v) for v in eqn.outvars]
+        if keep:
+            kept.update((v, c) for v, c in zip(eqn.outvars, eqn_cts) if c is not None)
+        else:
+            for v in eqn.outvars:
+                cts.pop(v, None)
+        if any(c is not None for c in eqn_cts):
+            in_cts = _transpose_eqn(i, eqn, trace, eqn_cts, shortcuts)
+            for v, ct in zip(eqn.invars, in_cts):
+                accumulate(v, ct)
         if release:  # every reader of these outputs comes later in the program: done
             for v in eqn.outvars:
                 trace.values.pop(v, None)
             trace.records.pop(i, None)
 
-    in_cts = [padded.materialize(cts.get(v)) for v in jaxpr.invars]
+    in_cts = [shortcuts.dense(cts.get(v)) for v in jaxpr.invars]
     if keep:
-        kept.update((v, padded.materialize(c)) for v, c in cts.items())
+        kept.update((v, shortcuts.dense(c)) for v, c in cts.items())
         trace.cotangents = kept
     return in_cts
 
 
 def _transpose_eqn(
-    i: int,
-    eqn: Any,
-    trace: Trace,
-    cts: dict[Var, Any],
-    accumulate: Any,
-    kept: dict[Var, Any] | None,
-) -> None:
-    """Apply equation ``i``'s rule to its output cotangents and accumulate its input ones."""
-    if all(isinstance(v, DropVar) or cts.get(v) is None for v in eqn.outvars):
-        return
-    name = eqn.primitive.name
-    higher = lookup_higher_order(name)
-    spec = None if higher is not None else lookup_vjp(name)
-    lazy_ok = kept is None and spec is not None and spec.takes_padded
-    eqn_cts = []
-    for v in eqn.outvars:
-        ct = None if isinstance(v, DropVar) else cts.get(v)
-        if isinstance(ct, padded.PaddedSum) and not lazy_ok:
-            ct = cts[v] = padded.materialize(ct)
-        eqn_cts.append(ct)
-    if kept is not None:
-        kept.update((v, c) for v, c in zip(eqn.outvars, eqn_cts) if c is not None)
+    i: int, eqn: Any, trace: Trace, eqn_cts: list[Any], shortcuts: Shortcuts
+) -> list[Any]:
+    """Equation ``i``'s rule applied to its output cotangents: one cotangent (or None) per input."""
     needs = [not isinstance(v, Literal) and v in trace.active for v in eqn.invars]
-    if any(needs):
-        rule_name = type(higher).__name__ if higher is not None else spec and spec.fn.__name__
-        with _rule_scope(rule_name or name):
-            in_cts = _apply_rule(i, eqn, trace, higher, spec, eqn_cts, needs)
-            fitted = [
-                _fit(ct, v, eqn) if need and ct is not None else None
-                for v, ct, need in zip(eqn.invars, in_cts, needs)
-            ]
-        for v, ct in zip(eqn.invars, fitted):
-            accumulate(v, ct)
-        if kept is None:
-            for v in eqn.outvars:
-                cts.pop(v, None)
+    if not any(needs):
+        return [None] * len(eqn.invars)
+    name = eqn.primitive.name
+    higher = shortcuts.higher_order_rule(name)
+    spec = None if higher is not None else shortcuts.vjp_rule(name)
+    if higher is not None:
+        rule_name = getattr(higher, "name", type(higher).__name__)
+    else:
+        rule_name = spec.fn.__name__ if spec is not None else name
+    with _rule_scope(rule_name):
+        in_cts = _apply_rule(i, eqn, trace, higher, spec, eqn_cts, needs)
+        return [
+            _fit(ct, v, eqn, shortcuts) if need and ct is not None else None
+            for v, ct, need in zip(eqn.invars, in_cts, needs)
+        ]
 
 
 def _apply_rule(

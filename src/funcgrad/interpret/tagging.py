@@ -14,7 +14,8 @@ import jax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from funcgrad.interpret.rules import vjp_rule
+from funcgrad._paths import path_to_str
+from funcgrad.interpret.registry import vjp_rule
 
 __all__ = ["tag", "tag_p"]
 
@@ -42,8 +43,6 @@ def tag(x: Any, name: str) -> Any:
     leaves, treedef = jax.tree_util.tree_flatten_with_path(x)
     if len(leaves) == 1 and not leaves[0][0]:
         return tag_p.bind(x, name=name)
-    from funcgrad._paths import path_to_str
-
     tagged = [
         tag_p.bind(leaf, name=f"{name}{path_to_str(path, lead='.')}") for path, leaf in leaves
     ]

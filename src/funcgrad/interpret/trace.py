@@ -16,34 +16,33 @@ interpreter simply emits the primitives again.
 
 from __future__ import annotations
 
-import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import dtypes
 from jax.extend.core import DropVar, Jaxpr, JaxprEqn, Literal, Var
 
-from funcgrad.interpret.rules import lookup_higher_order, lookup_vjp
+from funcgrad.interpret.registry import lookup_higher_order, lookup_vjp
+from funcgrad.interpret.shortcuts import current_shortcuts
+from funcgrad.interpret.tagging import tag_p
 
 __all__ = [
-    "INSPECTING",
     "Trace",
     "active_vars",
+    "cotangent_of",
     "evaluate",
     "is_differentiable",
     "jaxpr_activity",
+    "lookup",
     "placeholder",
     "read",
-    "release_points",
+    "read_when_transposed",
+    "tag_names",
+    "value_of",
 ]
-
-# Set by fg.trace: every nested value and cotangent must be kept for inspection, so eager
-# evaluation may not hand nested calls to compiled programs (which keep only what they return).
-INSPECTING: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "funcgrad_inspecting", default=False
-)
 
 _DIFFERENTIABLE: dict[Any, bool] = {}
 
@@ -134,27 +133,15 @@ class Trace:
     # ---- looking things up by name (fg.tag names and input paths) ----------------------------
     def cotangent(self, name: str) -> Any:
         """funcgrad's cotangent of the ``fg.tag``-ged value or input called ``name``."""
-        from funcgrad.interpret.api import cotangent_of
-
         return cotangent_of(self, name)
 
     def value_of(self, name: str) -> Any:
         """The forward value of the ``fg.tag``-ged value or input called ``name``."""
-        from funcgrad.interpret.api import value_of
-
         return value_of(self, name)
 
     def tags(self) -> list[str]:
         """Names of every ``fg.tag`` in this trace, nested calls included."""
-        from funcgrad.interpret.api import tag_names
-
         return tag_names(self)
-
-    def draw(self, **kwargs: Any) -> Any:
-        """Draw this trace as a graphviz graph (see ``funcgrad.viz.draw_trace``)."""
-        from funcgrad.viz.graph import draw_trace
-
-        return draw_trace(self, **kwargs)
 
     # ---- reading ----------------------------------------------------------------------------
     def read(self, v: Any) -> Any:
@@ -300,7 +287,7 @@ def evaluate(
     invariant_in: Sequence[bool] | None = None,
     *,
     linear: bool = False,
-    prune: bool = False,
+    drops: Mapping[int, Sequence[Var]] | None = None,
 ) -> Trace:
     """Evaluate ``jaxpr`` on ``args``, keeping every value; ``active_in`` marks differentiated args.
 
@@ -314,9 +301,9 @@ def evaluate(
     the work JAX's partial evaluation avoids: eagerly it saves dispatches, under ``jit`` it
     keeps dead code out of the program XLA has to compile.
 
-    ``prune=True`` drops each intermediate value as soon as the forward pass is done with it
-    unless the backward pass will read it (see :func:`release_points`): the trace then holds
-    residuals, as ``jax.vjp`` does, rather than everything, as ``fg.trace`` needs.
+    ``drops`` maps an equation's index to values nothing reads once it has run; they are
+    dropped then (``fg.grad`` keeps only what the backward pass reads, as ``jax.vjp`` keeps
+    residuals; see :mod:`funcgrad.interpret.eager`). By default every value is kept.
     """
     if len(args) != len(jaxpr.invars):
         raise TypeError(f"jaxpr takes {len(jaxpr.invars)} arguments, got {len(args)}")
@@ -332,11 +319,12 @@ def evaluate(
         if invariant_in is not None and invariant_in[i]:
             invariant.add(v)
     records: dict[int, Any] = {}
-    release = release_points(jaxpr, active_in) if prune else {}
+    drops = drops or {}
+    shortcuts = current_shortcuts()
     for i, eqn in enumerate(jaxpr.eqns):
         invals = [v.val if isinstance(v, Literal) else values[v] for v in eqn.invars]
         in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
-        rule = lookup_higher_order(eqn.primitive.name)
+        rule = shortcuts.higher_order_rule(eqn.primitive.name)
         if rule is not None:
             outvals, out_active, record = rule.forward(eqn, invals, in_active)
             if record is not None:
@@ -350,32 +338,9 @@ def evaluate(
             values[v] = x
             if a and is_differentiable(v.aval):
                 active.add(v)
-        for v in release.get(i, ()):
+        for v in drops.get(i, ()):
             del values[v]
     return Trace(jaxpr, consts, values, active, records, frozenset(invariant))
-
-
-def release_points(jaxpr: Jaxpr, active_in: Sequence[bool]) -> dict[int, list[Var]]:
-    """For each equation, the intermediates nothing needs once it has run.
-
-    The backward pass reads only :func:`read_when_transposed` of each equation with an active
-    output. Every other intermediate can go after its last use in the forward pass, which
-    frees memory for the allocator to reuse (fresh pages for every value cost more than the
-    arithmetic on them).
-    """
-    active = active_vars(jaxpr, active_in)
-    kept: set[Var] = {v for v in jaxpr.outvars if not isinstance(v, Literal)}
-    last_use: dict[Var, int] = {}
-    for i, eqn in enumerate(jaxpr.eqns):
-        last_use.update((v, i) for v in eqn.invars if not isinstance(v, Literal))
-        if any(v in active for v in eqn.outvars):  # transposed: keep what its rule reads
-            kept.update(read_when_transposed(eqn))
-    release: dict[int, list[Var]] = {}
-    for i, eqn in enumerate(jaxpr.eqns):
-        for v in eqn.outvars:
-            if not isinstance(v, DropVar) and v not in kept:
-                release.setdefault(last_use.get(v, i), []).append(v)
-    return release
 
 
 def _evaluate_linear(
@@ -386,6 +351,7 @@ def _evaluate_linear(
     active = active_vars(jaxpr, active_in)  # activity first (static), then what is read
     needed = _needed_by_linear_part(jaxpr, active)
     records: dict[int, Any] = {}
+    shortcuts = current_shortcuts()
     for i, eqn in enumerate(jaxpr.eqns):
         outs_active = any(v in active for v in eqn.outvars)
         if not outs_active and not any(v in needed for v in eqn.outvars):
@@ -393,7 +359,7 @@ def _evaluate_linear(
                 if not isinstance(v, DropVar):
                     values[v] = placeholder(v)
             continue
-        rule = lookup_higher_order(eqn.primitive.name)
+        rule = shortcuts.higher_order_rule(eqn.primitive.name)
         if outs_active and rule is None:  # a tangent: transposed, never computed
             for v in eqn.outvars:
                 if not isinstance(v, DropVar):
@@ -434,3 +400,62 @@ def jaxpr_activity(jaxpr: Jaxpr, active_in: Sequence[bool]) -> list[bool]:
     """Which outputs of ``jaxpr`` depend on its active inputs, without evaluating anything."""
     active = active_vars(jaxpr, active_in)
     return [not isinstance(v, Literal) and v in active for v in jaxpr.outvars]
+
+
+# ---- names: fg.tag-ged values and differentiated inputs ---------------------------------------
+
+
+def _find_tags(tr: Trace, name: str) -> list[tuple[Trace, Var]]:
+    found = []
+    for eqn in tr.jaxpr.eqns:
+        if eqn.primitive is tag_p and eqn.params["name"] == name:
+            found.append((tr, eqn.outvars[0]))
+    for _, _, record in tr.eqn_records():
+        if isinstance(record, Trace):
+            found.extend(_find_tags(record, name))
+    return found
+
+
+def tag_names(tr: Trace) -> list[str]:
+    """Names of every ``fg.tag`` reachable in ``tr`` (nested calls included), in order."""
+    names = [e.params["name"] for e in tr.jaxpr.eqns if e.primitive is tag_p]
+    for _, _, record in tr.eqn_records():
+        if isinstance(record, Trace):
+            names.extend(tag_names(record))
+    return names
+
+
+def lookup(tr: Trace, name: str) -> tuple[Trace, Any]:
+    """The (trace, variable) a name refers to: a differentiated input's path or a tag."""
+    names = getattr(tr, "input_names", None) or []
+    if name in names:
+        return tr, tr.jaxpr.invars[names.index(name)]
+    found = _find_tags(tr, name)
+    if not found:
+        known = [*names, *tag_names(tr)]
+        raise KeyError(
+            f"no input or fg.tag named {name!r} in this trace; known names: {known}. "
+            "Tags inside scan or cond bodies are not kept per iteration."
+        )
+    if len(found) > 1:
+        raise KeyError(
+            f"fg.tag name {name!r} appears {len(found)} times in this trace; give each tag a "
+            "distinct name (e.g. f'h{i}' in a loop)"
+        )
+    return found[0]
+
+
+def cotangent_of(tr: Trace, name: str) -> Any:
+    """funcgrad's cotangent of the input or tagged value ``name`` (zeros if none flowed)."""
+    owner, v = lookup(tr, name)
+    if isinstance(v, Literal):
+        raise KeyError(f"{name!r} is a literal constant; it has no cotangent")
+    cts = owner.cotangents or {}
+    ct = cts.get(v)
+    return jnp.zeros(v.aval.shape, v.aval.dtype) if ct is None else ct
+
+
+def value_of(tr: Trace, name: str) -> Any:
+    """The forward value of the input or tagged value ``name``."""
+    owner, v = lookup(tr, name)
+    return owner.read(v)

@@ -18,21 +18,14 @@ from jax.extend.core import ClosedJaxpr, Literal
 from jax.interpreters import ad as jax_ad
 
 from funcgrad.interpret.backward import backward, instantiate
-from funcgrad.interpret.rules import higher_order_rule
+from funcgrad.interpret.jaxprs import body_of_call, open_jaxpr
+from funcgrad.interpret.registry import higher_order_rule
 from funcgrad.interpret.trace import (
-    INSPECTING,
     Trace,
     evaluate,
     is_differentiable,
     jaxpr_activity,
 )
-
-
-def _open(jaxpr: Any) -> tuple[Any, list[Any]]:
-    """(open jaxpr, consts) of a ClosedJaxpr or an open Jaxpr."""
-    if isinstance(jaxpr, ClosedJaxpr):
-        return jaxpr.jaxpr, list(jaxpr.consts)
-    return jaxpr, []
 
 
 def _outputs_active(sub: Trace) -> list[bool]:
@@ -50,106 +43,23 @@ def _zero_tangent(aval: Any) -> Any:
     return np.zeros(aval.shape, dtype=dtypes.float0)
 
 
-class _CompiledBody:
-    """A call body's forward and backward passes as two compiled programs, for eager use.
-
-    Eagerly, the interpreter dispatches one primitive at a time. A ``jit`` body (log_softmax,
-    relu, take_along_axis, ...) is the same jaxpr object on every call (JAX caches it), so its
-    interpretation is compiled once: forward returns the outputs and every value the backward
-    pass needs, backward maps those values and the output cotangents to input cotangents. This
-    is what JAX's eager mode does with a jitted function too: one dispatch, not one per primitive.
-    """
-
-    def __init__(self, jaxpr: Any, active: tuple[bool, ...]):
-        self.out_active = jaxpr_activity(jaxpr, active)
-        self.skeleton: Trace | None = None
-
-        def forward(consts: list[Any], args: list[Any]) -> tuple[list[Any], list[Any]]:
-            sub = evaluate(jaxpr, consts, args, active)
-            if not sub.only_trace_records():
-                raise _NotCompilable
-            self.skeleton = sub
-            return sub.outputs, sub.leaves()
-
-        def backward_(consts: list[Any], leaves: list[Any], cts: list[Any]) -> list[Any]:
-            assert self.skeleton is not None
-            return backward(self.skeleton.with_leaves(leaves, consts), cts)
-
-        self.forward = jax.jit(forward)
-        self.backward = jax.jit(backward_)
-
-
-class _NotCompilable(Exception):
-    """A body whose records cannot be rebuilt from leaves alone (e.g. it contains a scan)."""
-
-
-class _CompiledRecord:
-    def __init__(self, body: _CompiledBody, consts: list[Any], leaves: list[Any]):
-        self.body, self.consts, self.leaves_ = body, consts, leaves
-
-    def leaves(self) -> list[Any]:
-        return list(self.leaves_)
-
-    def with_leaves(self, leaves: list[Any]) -> _CompiledRecord:
-        return _CompiledRecord(self.body, self.consts, list(leaves))
-
-
-_COMPILED: dict[tuple[int, tuple[bool, ...]], tuple[Any, _CompiledBody | None]] = {}
-
-
-def _compiled_body(jaxpr: Any, active: tuple[bool, ...]) -> _CompiledBody | None:
-    key = (id(jaxpr), active)
-    hit = _COMPILED.get(key)
-    if hit is not None and hit[0] is jaxpr:
-        return hit[1]
-    if len(_COMPILED) > 512:  # bodies are few; don't let a pathological program grow this
-        _COMPILED.clear()
-    body = _CompiledBody(jaxpr, active)
-    _COMPILED[key] = (jaxpr, body)  # keeps jaxpr alive, so its id stays unique
-    return body
-
-
-def _eager_compilable(invals: list[Any], active: list[bool]) -> bool:
-    return any(active) and not INSPECTING.get() and not _is_traced(invals)
-
-
 def _tangent_dtype(aval: Any) -> Any:
     return aval.dtype if is_differentiable(aval) else dtypes.float0
 
 
 @higher_order_rule("jit", "closed_call", "call")
 class CallVjp:
-    """A call is transparent: d call(f)(x) = d f(x). Evaluated inline, its trace kept.
-
-    Eagerly (outside ``jax.jit`` and ``fg.trace``), the body's forward and backward passes run as
-    compiled programs instead, one dispatch each; see :class:`_CompiledBody`.
-    """
-
-    @staticmethod
-    def _body(eqn: Any) -> tuple[Any, list[Any]]:
-        params = eqn.params
-        return _open(params["jaxpr"] if "jaxpr" in params else params["call_jaxpr"])
+    """A call is transparent: d call(f)(x) = d f(x). Evaluated inline, its trace kept."""
 
     def forward(self, eqn, invals, active):
-        jaxpr, consts = self._body(eqn)
-        if _eager_compilable(invals, active):
-            body = _compiled_body(jaxpr, tuple(active))
-            if body is not None:
-                try:
-                    outs, leaves = body.forward(consts, invals)
-                except _NotCompilable:
-                    _COMPILED[(id(jaxpr), tuple(active))] = (jaxpr, None)
-                else:
-                    return list(outs), body.out_active, _CompiledRecord(body, consts, leaves)
+        jaxpr, consts = body_of_call(eqn)
         sub = evaluate(jaxpr, consts, invals, active)
         return sub.outputs, _outputs_active(sub), sub
 
     def outputs_active(self, eqn, active):
-        return jaxpr_activity(self._body(eqn)[0], active)
+        return jaxpr_activity(body_of_call(eqn)[0], active)
 
     def backward(self, eqn, invals, record, cts, needs):
-        if isinstance(record, _CompiledRecord):
-            return record.body.backward(record.consts, record.leaves_, list(cts))
         return backward(record, cts)
 
 
@@ -157,7 +67,7 @@ def _transpose_jvp(
     closed: Any, jvp_consts: list[Any], primals: list[Any], tangent_cts: list[Any]
 ) -> list[Any]:
     """Cotangents of a JVP jaxpr's tangent inputs: its linear part transposed, primals fixed."""
-    jvp_jaxpr, more_consts = _open(closed)
+    jvp_jaxpr, more_consts = open_jaxpr(closed)
     tangent_avals = [v.aval for v in jvp_jaxpr.invars[len(primals) :]]
     # shape and dtype only: the linear evaluation never reads a tangent's value
     tangents = [jax.ShapeDtypeStruct(aval.shape, _tangent_dtype(aval)) for aval in tangent_avals]
@@ -181,12 +91,12 @@ class CustomJvpVjp:
     """
 
     def forward(self, eqn, invals, active):
-        jaxpr, consts = _open(eqn.params["call_jaxpr"])
+        jaxpr, consts = open_jaxpr(eqn.params["call_jaxpr"])
         sub = evaluate(jaxpr, consts, invals, active)
         return sub.outputs, _outputs_active(sub), sub
 
     def outputs_active(self, eqn, active):
-        return jaxpr_activity(_open(eqn.params["call_jaxpr"])[0], active)
+        return jaxpr_activity(open_jaxpr(eqn.params["call_jaxpr"])[0], active)
 
     def backward(self, eqn, invals, record, cts, needs):
         params = eqn.params
@@ -232,11 +142,11 @@ class CustomVjpVjp:
             )
         primals = invals[nc:]
         if not any(active):
-            jaxpr, consts = _open(params["call_jaxpr"])
+            jaxpr, consts = open_jaxpr(params["call_jaxpr"])
             sub = evaluate(jaxpr, consts, invals, active)
             return sub.outputs, [False] * len(eqn.outvars), sub
         fwd_jaxpr, fwd_consts = params["fwd_jaxpr_thunk"].call_wrapped(*active[nc:])
-        fwd_jaxpr, more_consts = _open(fwd_jaxpr)
+        fwd_jaxpr, more_consts = open_jaxpr(fwd_jaxpr)
         sub = evaluate(fwd_jaxpr, [*more_consts, *fwd_consts], primals, [False] * len(primals))
         outs = sub.outputs
         _, res_tree, input_fwds = params["out_trees"]()

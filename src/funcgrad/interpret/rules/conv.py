@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 from jax import lax
 
-from funcgrad.interpret.rules import vjp_rule
+from funcgrad.interpret.registry import vjp_rule
 
 
 def _swap_roles(spec: Sequence[int]) -> tuple[int, ...]:

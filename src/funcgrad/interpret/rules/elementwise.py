@@ -8,7 +8,7 @@ same grouping of operations, so that funcgrad and ``jax.grad`` agree to the last
 their NaNs and infinities in the same places: ``max`` splits ties 0.5/0.5, ``abs'(0) = 1``,
 ``sqrt'(0) = inf``, ``pow(x, 0.0)`` at 0 is NaN, ``clamp`` is strict at its bounds.
 
-A constant in a rule is a NumPy scalar of the operand's dtype (``_const``): it becomes a literal
+A constant in a rule is a NumPy scalar of the operand's dtype (``const``): it becomes a literal
 that lax ops broadcast implicitly, as in JAX's rules, rather than a materialised array.
 
 Rules taking ``accuracy`` (the transcendental ops of JAX 0.10) switch formulas where JAX does:
@@ -24,41 +24,24 @@ import numpy as np
 from jax import dtypes, lax
 from jax.extend.core import primitives as prims
 
-from funcgrad.interpret.rules import vjp_rule, zero_vjp
-from funcgrad.interpret.rules.broadcasting import unbroadcast
-from funcgrad.interpret.rules.fused import fused
+from funcgrad.interpret.registry import vjp_rule, zero_vjp
+from funcgrad.interpret.rules._common import (
+    balanced_eq,
+    const,
+    dtype_of,
+    is_complex,
+    select,
+    unbroadcast,
+    zeros_like,
+)
 
 _HIGHEST = lax.AccuracyMode.HIGHEST
 _HOST = jax.memory.Space.Host
 
 
-def _dtype(x):
-    """The dtype of an operand (a literal may arrive as a plain Python bool: `select_n True`)."""
-    dtype = getattr(x, "dtype", None)
-    return jax.typeof(x).dtype if dtype is None else dtype
-
-
-def _const(x, value):
-    """``value`` as a NumPy scalar of ``x``'s dtype: a jaxpr literal that lax ops broadcast."""
-    return np.array(value, _dtype(x))
-
-
-def _zeros(x):
-    return lax.full_like(x, 0)
-
-
-def _select(pred, on_true, on_false):
-    """``pred ? on_true : on_false`` (``select_n`` puts the False case first)."""
-    return lax.select_n(pred, on_false, on_true)
-
-
 def _replace_zero(x):
     """``x`` with its zeros replaced by ones (JAX's guard for log(0) and 0/0)."""
-    return _select(lax.eq(x, _const(x, 0)), lax.full_like(x, 1), x)
-
-
-def _is_complex(x) -> bool:
-    return dtypes.issubdtype(_dtype(x), np.complexfloating)
+    return select(lax.eq(x, const(x, 0)), lax.full_like(x, 1), x)
 
 
 # ---- arithmetic ---------------------------------------------------------------------------------
@@ -89,7 +72,7 @@ def sub_vjp(ct, x, y, *, needs):  # d(x - y) = dx - dy
 def mul_vjp(ct, x, y, *, needs, out_dtype=None):
     """d(x y) = y dx + x dy. With ``out_dtype`` (a bf16 product accumulated in f32, say) each
     cotangent is produced in its operand's dtype, as JAX's transpose does."""
-    x_dtype, y_dtype = (None, None) if out_dtype is None else (_dtype(x), _dtype(y))
+    x_dtype, y_dtype = (None, None) if out_dtype is None else (dtype_of(x), dtype_of(y))
     return (
         unbroadcast(lax.mul(ct, y, out_dtype=x_dtype), x) if needs[0] else None,
         unbroadcast(lax.mul(x, ct, out_dtype=y_dtype), y) if needs[1] else None,
@@ -124,21 +107,12 @@ def rem_vjp(ct, x, y, *, needs):
     )
 
 
-def _balanced_eq(x, out, y):
-    """1 where ``x`` attains ``out``, 1/2 where ``y`` attains it too (a tie), else 0."""
-    one = lax.full_like(out, 1)
-    return lax.div(
-        _select(lax.eq(x, out), one, lax.full_like(out, 0)),
-        _select(lax.eq(y, out), lax.full_like(out, 2), one),
-    )
-
-
 @vjp_rule(lax.max_p, lax.min_p)
 def max_min_vjp(ct, x, y, *, out, needs):
     """d max(x, y) = [x wins] dx + [y wins] dy; a tie sends half of ct to each (as JAX does)."""
     return (
-        unbroadcast(lax.mul(ct, _balanced_eq(x, out, y)), x) if needs[0] else None,
-        unbroadcast(lax.mul(ct, _balanced_eq(y, out, x)), y) if needs[1] else None,
+        unbroadcast(lax.mul(ct, balanced_eq(x, out, y)), x) if needs[0] else None,
+        unbroadcast(lax.mul(ct, balanced_eq(y, out, x)), y) if needs[1] else None,
     )
 
 
@@ -150,13 +124,13 @@ def clamp_vjp(ct, lo, x, hi, *, needs):
     A rank-0 bound gets the sum of its cotangent (JAX itself fails to differentiate a rank-0
     bound of a non-scalar clamp).
     """
-    zeros = _zeros(ct)
+    zeros = zeros_like(ct)
     return (
-        unbroadcast(_select(lax.bitwise_and(lax.gt(lo, x), lax.lt(lo, hi)), ct, zeros), lo)
+        unbroadcast(select(lax.bitwise_and(lax.gt(lo, x), lax.lt(lo, hi)), ct, zeros), lo)
         if needs[0]
         else None,
-        _select(lax.bitwise_and(lax.gt(x, lo), lax.lt(x, hi)), ct, zeros) if needs[1] else None,
-        unbroadcast(_select(lax.lt(hi, x), ct, zeros), hi) if needs[2] else None,
+        select(lax.bitwise_and(lax.gt(x, lo), lax.lt(x, hi)), ct, zeros) if needs[1] else None,
+        unbroadcast(select(lax.lt(hi, x), ct, zeros), hi) if needs[2] else None,
     )
 
 
@@ -168,22 +142,21 @@ def select_n_vjp(ct, which, *cases, needs):
     return (None, *(_case_ct(which, ct, i) if need else None for i, need in enumerate(needs[1:])))
 
 
-@fused(static_argnames=("i",))
 def _case_ct(which, ct, i):
-    """``ct`` where ``which == i``, zero elsewhere (one fused program when eager)."""
-    zeros = _zeros(ct)
-    if _dtype(which) == np.bool_:  # False picks case 0, True case 1
+    """``ct`` where ``which == i``, zero elsewhere."""
+    zeros = zeros_like(ct)
+    if dtype_of(which) == np.bool_:  # False picks case 0, True case 1
         return lax.select_n(which, *((ct, zeros) if i == 0 else (zeros, ct)))
-    return _select(lax.eq(which, _const(which, i)), ct, zeros)
+    return select(lax.eq(which, const(which, i)), ct, zeros)
 
 
 @vjp_rule(lax.abs_p)
 def abs_vjp(ct, x, *, out):
     """d|x| = sign(x) dx with abs'(0) = +1 as in JAX; complex x: ct conj(x) / |x| (0 at 0)."""
-    if _is_complex(x):
-        unit = lax.div(lax.conj(x), _replace_zero(lax.convert_element_type(out, _dtype(x))))
-        return (lax.mul(lax.complex(ct, _zeros(ct)), unit),)
-    return (_select(lax.ge(x, _const(x, 0)), ct, lax.neg(ct)),)
+    if is_complex(x):
+        unit = lax.div(lax.conj(x), _replace_zero(lax.convert_element_type(out, dtype_of(x))))
+        return (lax.mul(lax.complex(ct, zeros_like(ct)), unit),)
+    return (select(lax.ge(x, const(x, 0)), ct, lax.neg(ct)),)
 
 
 # ---- powers and roots ---------------------------------------------------------------------------
@@ -196,13 +169,13 @@ def integer_pow_vjp(ct, x, *, y):  # d x^n = n x^(n-1)
     if y == 1:
         return (ct,)
     if y == 2:
-        return (lax.mul(ct, lax.mul(_const(x, 2), x)),)
-    return (lax.mul(ct, lax.mul(_const(x, y), lax.integer_pow(x, y - 1))),)
+        return (lax.mul(ct, lax.mul(const(x, 2), x)),)
+    return (lax.mul(ct, lax.mul(const(x, y), lax.integer_pow(x, y - 1))),)
 
 
 @vjp_rule(lax.square_p)
 def square_vjp(ct, x):  # d x^2 = 2x
-    return (lax.mul(ct, lax.mul(_const(x, 2), x)),)
+    return (lax.mul(ct, lax.mul(const(x, 2), x)),)
 
 
 def _broadcast_to(a, shape):
@@ -221,16 +194,16 @@ def pow_vjp(ct, x, y, *, out, needs):
     """
     dx = dy = None
     if needs[0]:
-        if dtypes.issubdtype(_dtype(y), np.integer):
+        if dtypes.issubdtype(dtype_of(y), np.integer):
             yf = _broadcast_to(lax.convert_element_type(y, out.dtype), out.shape)
             xb = _broadcast_to(x, out.shape)
-            slope = _select(
-                lax.eq(yf, _const(yf, 0)),
-                _zeros(yf),
-                lax.mul(_replace_zero(yf), lax.pow(xb, lax.sub(yf, _const(yf, 1)))),
+            slope = select(
+                lax.eq(yf, const(yf, 0)),
+                zeros_like(yf),
+                lax.mul(_replace_zero(yf), lax.pow(xb, lax.sub(yf, const(yf, 1)))),
             )
         else:
-            slope = lax.mul(y, lax.pow(x, lax.sub(y, _const(y, 1))))
+            slope = lax.mul(y, lax.pow(x, lax.sub(y, const(y, 1))))
         dx = unbroadcast(lax.mul(ct, slope), x)
     if needs[1]:
         dy = unbroadcast(lax.mul(ct, lax.mul(lax.log(_replace_zero(x)), out)), y)
@@ -239,17 +212,17 @@ def pow_vjp(ct, x, y, *, out, needs):
 
 @vjp_rule(lax.sqrt_p)
 def sqrt_vjp(ct, x, *, out, accuracy=None):  # d sqrt(x) = 0.5 / sqrt(x)  (inf at 0)
-    return (lax.mul(ct, lax.div(_const(x, 0.5), out)),)
+    return (lax.mul(ct, lax.div(const(x, 0.5), out)),)
 
 
 @vjp_rule(lax.rsqrt_p)
 def rsqrt_vjp(ct, x, *, out, accuracy=None):  # d x^-1/2 = -0.5 x^-1/2 / x
-    return (lax.mul(ct, lax.mul(_const(x, -0.5), lax.div(out, x))),)
+    return (lax.mul(ct, lax.mul(const(x, -0.5), lax.div(out, x))),)
 
 
 @vjp_rule(lax.cbrt_p)
 def cbrt_vjp(ct, x, *, out, accuracy=None):  # d x^1/3 = (1/3) cbrt(x)^-2
-    return (lax.mul(ct, lax.mul(_const(x, 1 / 3), lax.integer_pow(out, -2))),)
+    return (lax.mul(ct, lax.mul(const(x, 1 / 3), lax.integer_pow(out, -2))),)
 
 
 # ---- exponentials and logarithms ----------------------------------------------------------------
@@ -262,14 +235,14 @@ def exp_vjp(ct, x, *, out, accuracy=None):  # d exp(x) = exp(x)
 
 @vjp_rule(prims.exp2_p)
 def exp2_vjp(ct, x, *, out, accuracy=None):  # d 2^x = log(2) 2^x
-    return (lax.mul(lax.mul(lax.log(_const(x, 2)), ct), out),)
+    return (lax.mul(lax.mul(lax.log(const(x, 2)), ct), out),)
 
 
 @vjp_rule(lax.expm1_p)
 def expm1_vjp(ct, x, *, out, accuracy=None):  # d (exp(x) - 1) = expm1(x) + 1 = exp(x)
     if accuracy is _HIGHEST:
         return (lax.mul(ct, lax.exp(x, accuracy=accuracy)),)
-    return (lax.mul(ct, lax.add(out, _const(out, 1))),)
+    return (lax.mul(ct, lax.add(out, const(out, 1))),)
 
 
 @vjp_rule(lax.log_p)
@@ -279,14 +252,14 @@ def log_vjp(ct, x, *, accuracy=None):  # d log(x) = 1/x
 
 @vjp_rule(lax.log1p_p)
 def log1p_vjp(ct, x, *, accuracy=None):  # d log(1 + x) = 1 / (1 + x)
-    return (lax.div(ct, lax.add(x, _const(x, 1))),)
+    return (lax.div(ct, lax.add(x, const(x, 1))),)
 
 
 @vjp_rule(lax.logistic_p)
 def logistic_vjp(ct, x, *, out, accuracy=None):  # d s(x) = s(x) (1 - s(x)) = s(x) s(-x)
     if accuracy is _HIGHEST:
         return (lax.mul(ct, lax.mul(out, lax.logistic(lax.neg(x)))),)
-    return (lax.mul(ct, lax.mul(out, lax.sub(_const(out, 1), out))),)
+    return (lax.mul(ct, lax.mul(out, lax.sub(const(out, 1), out))),)
 
 
 # ---- trigonometric and hyperbolic ---------------------------------------------------------------
@@ -304,22 +277,22 @@ def cos_vjp(ct, x, *, accuracy=None):  # d cos(x) = -sin(x)
 
 @vjp_rule(lax.tan_p)
 def tan_vjp(ct, x, *, out, accuracy=None):  # d tan(x) = 1 + tan(x)^2
-    return (lax.mul(ct, lax.add(_const(x, 1), lax.square(out))),)
+    return (lax.mul(ct, lax.add(const(x, 1), lax.square(out))),)
 
 
 @vjp_rule(lax.asin_p)
 def asin_vjp(ct, x):  # d asin(x) = 1 / sqrt(1 - x^2)
-    return (lax.mul(ct, lax.rsqrt(lax.sub(_const(x, 1), lax.square(x)))),)
+    return (lax.mul(ct, lax.rsqrt(lax.sub(const(x, 1), lax.square(x)))),)
 
 
 @vjp_rule(lax.acos_p)
 def acos_vjp(ct, x):  # d acos(x) = -1 / sqrt(1 - x^2)
-    return (lax.mul(ct, lax.neg(lax.rsqrt(lax.sub(_const(x, 1), lax.square(x))))),)
+    return (lax.mul(ct, lax.neg(lax.rsqrt(lax.sub(const(x, 1), lax.square(x))))),)
 
 
 @vjp_rule(lax.atan_p)
 def atan_vjp(ct, x):  # d atan(x) = 1 / (1 + x^2)
-    return (lax.div(ct, lax.add(_const(x, 1), lax.square(x))),)
+    return (lax.div(ct, lax.add(const(x, 1), lax.square(x))),)
 
 
 @vjp_rule(lax.atan2_p)
@@ -336,14 +309,14 @@ def tanh_vjp(ct, x, *, out, accuracy=None):
     """d tanh(x) = 1 - tanh(x)^2, computed as JAX does: (1 + t)(1 - t), or 4 s(2x) s(-2x)."""
     if accuracy is _HIGHEST:
         slope = lax.mul(
-            _const(x, 4),
+            const(x, 4),
             lax.mul(
-                lax.logistic(lax.mul(_const(x, 2), x), accuracy=accuracy),
-                lax.logistic(lax.mul(_const(x, -2), x), accuracy=accuracy),
+                lax.logistic(lax.mul(const(x, 2), x), accuracy=accuracy),
+                lax.logistic(lax.mul(const(x, -2), x), accuracy=accuracy),
             ),
         )
         return (lax.mul(ct, slope),)
-    scaled = lax.mul(ct, lax.sub(_const(out, 1), out))
+    scaled = lax.mul(ct, lax.sub(const(out, 1), out))
     return (lax.add(scaled, lax.mul(scaled, out)),)
 
 
@@ -359,17 +332,17 @@ def cosh_vjp(ct, x):  # d cosh(x) = sinh(x)
 
 @vjp_rule(lax.asinh_p)
 def asinh_vjp(ct, x):  # d asinh(x) = 1 / sqrt(x^2 + 1)
-    return (lax.mul(ct, lax.rsqrt(lax.add(lax.square(x), _const(x, 1)))),)
+    return (lax.mul(ct, lax.rsqrt(lax.add(lax.square(x), const(x, 1)))),)
 
 
 @vjp_rule(lax.acosh_p)
 def acosh_vjp(ct, x):  # d acosh(x) = 1 / sqrt(x^2 - 1)
-    return (lax.mul(ct, lax.rsqrt(lax.sub(lax.square(x), _const(x, 1)))),)
+    return (lax.mul(ct, lax.rsqrt(lax.sub(lax.square(x), const(x, 1)))),)
 
 
 @vjp_rule(lax.atanh_p)
 def atanh_vjp(ct, x):  # d atanh(x) = 1 / ((1 + x)(1 - x))
-    one = _const(x, 1)
+    one = const(x, 1)
     return (lax.div(lax.mul(lax.integer_pow(lax.add(one, x), -1), ct), lax.sub(one, x)),)
 
 
@@ -379,18 +352,18 @@ def atanh_vjp(ct, x):  # d atanh(x) = 1 / ((1 + x)(1 - x))
 @vjp_rule(lax.erf_p)
 def erf_vjp(ct, x):  # d erf(x) = 2/sqrt(pi) exp(-x^2)
     gauss = lax.exp(lax.neg(lax.square(x)))
-    return (lax.mul(lax.mul(_const(x, 2.0 / np.sqrt(np.pi)), ct), gauss),)
+    return (lax.mul(lax.mul(const(x, 2.0 / np.sqrt(np.pi)), ct), gauss),)
 
 
 @vjp_rule(lax.erfc_p)
 def erfc_vjp(ct, x):  # d erfc(x) = -2/sqrt(pi) exp(-x^2)
     gauss = lax.exp(lax.neg(lax.square(x)))
-    return (lax.mul(lax.mul(_const(x, -2.0 / np.sqrt(np.pi)), ct), gauss),)
+    return (lax.mul(lax.mul(const(x, -2.0 / np.sqrt(np.pi)), ct), gauss),)
 
 
 @vjp_rule(lax.erf_inv_p)
 def erf_inv_vjp(ct, x, *, out):  # d erf^-1(x) = sqrt(pi)/2 exp(erf^-1(x)^2)
-    return (lax.mul(lax.mul(_const(x, np.sqrt(np.pi) / 2.0), ct), lax.exp(lax.square(out))),)
+    return (lax.mul(lax.mul(const(x, np.sqrt(np.pi) / 2.0), ct), lax.exp(lax.square(out))),)
 
 
 @vjp_rule(lax.lgamma_p)
@@ -400,7 +373,7 @@ def lgamma_vjp(ct, x):  # d log|Gamma(x)| = digamma(x)
 
 @vjp_rule(lax.digamma_p)
 def digamma_vjp(ct, x):  # d digamma(x) = polygamma(1, x)
-    return (lax.mul(ct, lax.polygamma(_const(x, 1), x)),)
+    return (lax.mul(ct, lax.polygamma(const(x, 1), x)),)
 
 
 @vjp_rule(lax.polygamma_p)
@@ -411,7 +384,7 @@ def polygamma_vjp(ct, m, x, *, needs):
             "polygamma(m, x) is not differentiable with respect to its order m (JAX raises too); "
             "pass m as a constant or wrap it in lax.stop_gradient"
         )
-    return (None, unbroadcast(lax.mul(ct, lax.polygamma(lax.add(m, _const(m, 1)), x)), x))
+    return (None, unbroadcast(lax.mul(ct, lax.polygamma(lax.add(m, const(m, 1)), x)), x))
 
 
 # ---- piecewise constant: zero cotangent (JAX defines the derivative as zero) --------------------
@@ -434,12 +407,12 @@ zero_vjp(
 
 @vjp_rule(lax.real_p)
 def real_vjp(ct, x):  # d Re(z) = Re(dz): ct goes to the real part
-    return (lax.complex(ct, _zeros(ct)),)
+    return (lax.complex(ct, zeros_like(ct)),)
 
 
 @vjp_rule(lax.imag_p)
 def imag_vjp(ct, x):  # d Im(z) = Im(dz): ct goes to the imaginary part (JAX: complex(0, -ct))
-    return (lax.complex(_zeros(ct), lax.neg(ct)),)
+    return (lax.complex(zeros_like(ct), lax.neg(ct)),)
 
 
 @vjp_rule(lax.complex_p)

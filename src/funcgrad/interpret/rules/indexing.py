@@ -18,13 +18,10 @@ from __future__ import annotations
 import numpy as np
 from jax import lax
 
-from funcgrad.interpret.rules import higher_order_rule, vjp_rule
+from funcgrad.interpret.registry import higher_order_rule, vjp_rule
+from funcgrad.interpret.rules._common import zeros
 
 _MODES = lax.GatherScatterMode
-
-
-def _zeros(shape, dtype):
-    return lax.full(shape, 0, dtype)
 
 
 # ---- dynamic slices -------------------------------------------------------------------------
@@ -36,7 +33,7 @@ def _zeros(shape, dtype):
 @vjp_rule(lax.dynamic_slice_p)
 def dynamic_slice_vjp(ct, x, *starts):
     """d dynamic_slice(x, s) = ct written into zeros at the same (clamped) starts."""
-    grad_x = lax.dynamic_update_slice_p.bind(_zeros(np.shape(x), ct.dtype), ct, *starts)
+    grad_x = lax.dynamic_update_slice_p.bind(zeros(np.shape(x), ct.dtype), ct, *starts)
     return (grad_x, *([None] * len(starts)))
 
 
@@ -45,7 +42,7 @@ def dynamic_update_slice_vjp(ct, x, update, *starts, needs):
     """d dus(x, u, s): x gets ct with the window zeroed; u gets the window of ct."""
     grad_x = grad_update = None
     if needs[0]:
-        window_zeros = _zeros(np.shape(update), ct.dtype)
+        window_zeros = zeros(np.shape(update), ct.dtype)
         grad_x = lax.dynamic_update_slice_p.bind(ct, window_zeros, *starts)
     if needs[1]:
         grad_update = lax.dynamic_slice_p.bind(ct, *starts, slice_sizes=np.shape(update))
@@ -103,7 +100,7 @@ def gather_vjp(
 ):
     """d gather(x, i) = scatter-add of ct into zeros(x) at i (repeated reads add up)."""
     grad_x = lax.scatter_add(
-        _zeros(np.shape(x), ct.dtype),
+        zeros(np.shape(x), ct.dtype),
         indices,
         ct,
         _scatter_dnums(dimension_numbers),
@@ -186,7 +183,7 @@ def scatter_vjp(
             grad_x = lax.scatter(
                 ct,
                 indices,
-                _zeros(np.shape(updates), ct.dtype),
+                zeros(np.shape(updates), ct.dtype),
                 dimension_numbers,
                 indices_are_sorted=indices_are_sorted,
                 unique_indices=True,
@@ -208,7 +205,7 @@ def scatter_vjp(
     )
     ids = lax.broadcast_in_dim(ids, updates_shape, tuple(range(len(updates_shape))))
     scattered_ids = lax.scatter(
-        _zeros(np.shape(x), np.int32),
+        zeros(np.shape(x), np.int32),
         indices,
         ids,
         dimension_numbers,
@@ -218,15 +215,15 @@ def scatter_vjp(
     )
     grad_x = grad_updates = None
     if needs[0]:
-        kept = lax.eq(scattered_ids, _zeros(scattered_ids.shape, np.int32))
-        grad_x = lax.select(kept, ct, _zeros(ct.shape, ct.dtype))
+        kept = lax.eq(scattered_ids, zeros(scattered_ids.shape, np.int32))
+        grad_x = lax.select(kept, ct, zeros(ct.shape, ct.dtype))
     if needs[2]:
         # JAX gathers the ids back with the default (FILL_OR_DROP) mode whatever the scatter's.
         won = lax.eq(
             ids, _gather_windows(scattered_ids, indices, updates_shape, dimension_numbers, None)
         )
         windows = _gather_windows(ct, indices, updates_shape, dimension_numbers, mode)
-        grad_updates = lax.select(won, windows, _zeros(windows.shape, windows.dtype))
+        grad_updates = lax.select(won, windows, zeros(windows.shape, windows.dtype))
     return (grad_x, None, grad_updates)
 
 
@@ -249,11 +246,11 @@ def scatter_extremum_vjp(ct, x, indices, updates, *, out, dimension_numbers, mod
         return lax.gather(a, indices, gather_dnums, sizes)
 
     def count_at_windows(per_update):
-        totals = lax.scatter_add(_zeros(x_shape, ct.dtype), indices, per_update, dimension_numbers)
+        totals = lax.scatter_add(zeros(x_shape, ct.dtype), indices, per_update, dimension_numbers)
         return at_windows(totals)
 
     one = lax.full(updates_shape, 1, ct.dtype)
-    zero = _zeros(updates_shape, ct.dtype)
+    zero = zeros(updates_shape, ct.dtype)
     result = at_windows(out)
     attained = lax.eq(updates, result)
     kept = lax.eq(at_windows(x), result)
@@ -268,7 +265,7 @@ def scatter_extremum_vjp(ct, x, indices, updates, *, out, dimension_numbers, mod
     grad_x = grad_updates = None
     if needs[0]:
         corrections = lax.mul(ct_windows, operand_coef)
-        back = lax.scatter_add(_zeros(x_shape, ct.dtype), indices, corrections, dimension_numbers)
+        back = lax.scatter_add(zeros(x_shape, ct.dtype), indices, corrections, dimension_numbers)
         grad_x = lax.add(ct, back)
     if needs[2]:
         grad_updates = lax.mul(ct_windows, updates_coef)
@@ -283,7 +280,7 @@ def _add_back_along(ct, positions, axis, operand_shape, mode):
     """
     batch = tuple(d for d in range(ct.ndim) if d != axis)
     return lax.scatter_add(
-        _zeros(operand_shape, ct.dtype),
+        zeros(operand_shape, ct.dtype),
         lax.reshape(positions, (*positions.shape, 1)),
         ct,
         lax.ScatterDimensionNumbers(

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 from jax import lax
 
-from funcgrad.interpret.rules import vjp_rule
+from funcgrad.interpret.registry import vjp_rule
 
 
 def _free_dims(ndim: int, contract: Sequence[int], batch: Sequence[int]) -> list[int]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from jax.extend.core import primitives as prims
 
-from funcgrad.interpret.rules import vjp_rule, zero_vjp
+from funcgrad.interpret.registry import vjp_rule, zero_vjp
 
 # comparisons (the ``*_to`` forms compare totally ordered floats, NaNs included)
 zero_vjp(

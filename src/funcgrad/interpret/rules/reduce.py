@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from jax import lax
 
-from funcgrad.interpret.rules import vjp_rule
-from funcgrad.interpret.rules.fused import fused
+from funcgrad.interpret.registry import vjp_rule
+from funcgrad.interpret.rules._common import balanced_eq, scalar
 
 # ---- helpers --------------------------------------------------------------------------------
 
@@ -29,10 +29,6 @@ def _broadcast_back(ct, x, axes):
     """Broadcast a reduced cotangent back to ``x``'s shape (the kept dims stay in place)."""
     kept = tuple(d for d in range(np.ndim(x)) if d not in axes)
     return lax.broadcast_in_dim(ct, np.shape(x), kept)
-
-
-def _scalar(value, dtype):
-    return np.array(value, dtype)  # becomes a literal in the jaxpr, as in JAX's own rules
 
 
 def _slice(x, axis: int, start: int, stop: int, stride: int = 1):
@@ -47,26 +43,18 @@ def _shift(x, axis: int, by: int, fill):
     """
     config = [(0, 0, 0)] * np.ndim(x)
     config[axis] = (by, -by, 0)
-    return lax.pad(x, _scalar(fill, x.dtype), config)
+    return lax.pad(x, scalar(fill, x.dtype), config)
 
 
 def _interleave(even, odd, axis: int):
     """``[e0, o0, e1, o1, ...]`` along ``axis`` (``even`` is as long as ``odd`` or one longer)."""
     same = even.shape[axis] == odd.shape[axis]
-    zero = _scalar(0, even.dtype)
+    zero = scalar(0, even.dtype)
     even_cfg = [(0, 0, 0)] * even.ndim
     odd_cfg = [(0, 0, 0)] * odd.ndim
     even_cfg[axis] = (0, 1 if same else 0, 1)
     odd_cfg[axis] = (1, 0 if same else 1, 1)
     return lax.add(lax.pad(even, zero, even_cfg), lax.pad(odd, zero, odd_cfg))
-
-
-def _balanced_eq(x, z, y):
-    """JAX's share of ``max(x, y) = z`` owed to ``x``: 1 if x alone is z, 1/2 on a tie, else 0."""
-    one = lax.full_like(z, 1)
-    half = lax.full_like(z, 0.5)
-    zero = lax.full_like(z, 0)
-    return lax.select(lax.eq(x, z), lax.select(lax.eq(y, z), half, one), zero)
 
 
 # ---- reductions -----------------------------------------------------------------------------
@@ -83,7 +71,6 @@ def reduce_chooser_vjp(ct, x, *, out, axes):
     return (_chooser_ct(ct, x, out, axes=tuple(axes)),)
 
 
-@fused(static_argnames=("axes",))
 def _chooser_ct(ct, x, out, *, axes):
     """share * hit, with share = ct / #maxima broadcast back and hit = [x == max(x)] in {0, 1}.
 
@@ -164,7 +151,7 @@ def _scan_chooser_vjp(x, out, ct, axis: int, choose: Callable[[Any, Any], Any]) 
 
     Walks JAX's ``associative_scan`` tree backwards: pairs (x0,x1), (x2,x3), ... are combined,
     the scan of the pairs gives the odd outputs, and each even output combines the previous odd
-    output with the next even input. Every combine routes its cotangent by ``_balanced_eq`` (ties
+    output with the next even input. Every combine routes its cotangent by ``balanced_eq`` (ties
     split 1/2, 1/2), exactly as JAX's JVP of ``max`` does, so ties share like jax.grad.
     ``out`` is the scan of ``x``: its odd positions are the scan of the pairs one level down.
     """
@@ -179,24 +166,24 @@ def _scan_chooser_vjp(x, out, ct, axis: int, choose: Callable[[Any, Any], Any]) 
     before = _slice(odd_out, axis, 0, half - 1) if n % 2 == 0 else odd_out
     evens_out = choose(before, evens_in)
     ct_evens = _slice(ct, axis, 2, n, 2)
-    ct_before = lax.mul(ct_evens, _balanced_eq(before, evens_out, evens_in))
-    ct_evens_in = lax.mul(ct_evens, _balanced_eq(evens_in, evens_out, before))
+    ct_before = lax.mul(ct_evens, balanced_eq(before, evens_out, evens_in))
+    ct_evens_in = lax.mul(ct_evens, balanced_eq(evens_in, evens_out, before))
     if n % 2 == 0:  # odd_out[-1] is not read by any even output
         pad = [(0, 0, 0)] * ct.ndim
         pad[axis] = (0, 1, 0)
-        ct_before = lax.pad(ct_before, _scalar(0, ct.dtype), pad)
+        ct_before = lax.pad(ct_before, scalar(0, ct.dtype), pad)
     ct_pairs = _scan_chooser_vjp(
         pairs, odd_out, lax.add(_slice(ct, axis, 1, n, 2), ct_before), axis, choose
     )
-    ct_left = lax.mul(ct_pairs, _balanced_eq(left, pairs, right))
-    ct_right = lax.mul(ct_pairs, _balanced_eq(right, pairs, left))
+    ct_left = lax.mul(ct_pairs, balanced_eq(left, pairs, right))
+    ct_right = lax.mul(ct_pairs, balanced_eq(right, pairs, left))
     # Even positions of x: x0 (only the first output), x2, x4, ... (even outputs), and the left
     # members of the pairs; odd positions: the right members of the pairs.
     ct_even_pos = lax.concatenate([_slice(ct, axis, 0, 1), ct_evens_in], axis)
     if n % 2 == 1:  # the last element has no pair partner
         pad = [(0, 0, 0)] * ct.ndim
         pad[axis] = (0, 1, 0)
-        ct_left = lax.pad(ct_left, _scalar(0, ct.dtype), pad)
+        ct_left = lax.pad(ct_left, scalar(0, ct.dtype), pad)
     return _interleave(lax.add(ct_even_pos, ct_left), ct_right, axis)
 
 

@@ -12,16 +12,8 @@ from __future__ import annotations
 import numpy as np
 from jax import dtypes, lax
 
-from funcgrad.interpret import padded
-from funcgrad.interpret.rules import vjp_rule
-
-
-def _zeros(shape, dtype):
-    return lax.full(shape, 0, dtype)
-
-
-def _scalar_zero(ct):
-    return np.zeros((), ct.dtype)  # a literal in the jaxpr, like JAX's own transposes use
+from funcgrad.interpret.registry import vjp_rule
+from funcgrad.interpret.rules._common import scalar, zeros
 
 
 @vjp_rule(lax.broadcast_in_dim_p, reads=())
@@ -74,9 +66,7 @@ def convert_element_type_vjp(ct, x):
 def concatenate_vjp(ct, *xs, dimension, needs):
     """d concat(x1, x2, ...) = the slices of ct at the cumulative offsets (one ``split``)."""
     sizes = [np.shape(x)[dimension] for x in xs]
-    # Eagerly, lazy slices: the slices' and pads' rules then sum them in one pass.
-    split = padded.split if padded.deferred(ct) else lax.split
-    pieces = split(ct, sizes, dimension)
+    pieces = lax.split(ct, sizes, dimension)
     return tuple(p if need else None for p, need in zip(pieces, needs))
 
 
@@ -88,7 +78,7 @@ def split_vjp(cts, x, *, sizes, axis):
     for ct, size in zip(cts, sizes):
         if ct is None:
             shape[axis] = size
-            ct = _zeros(tuple(shape), x.dtype)
+            ct = zeros(tuple(shape), x.dtype)
         pieces.append(ct)
     return (lax.concatenate(pieces, axis),)
 
@@ -102,7 +92,7 @@ def stack_vjp(ct, *xs, axis):  # d stack(x1, x2, ...) = unstack(ct)
 def unstack_vjp(cts, x, *, axis):
     """d unstack(x) = stack of the pieces' cotangents (zeros for pieces nobody reads)."""
     shape = tuple(n for d, n in enumerate(np.shape(x)) if d != axis)
-    pieces = [_zeros(shape, x.dtype) if ct is None else ct for ct in cts]
+    pieces = [zeros(shape, x.dtype) if ct is None else ct for ct in cts]
     return (lax.stack_p.bind(*pieces, axis=axis),)
 
 
@@ -115,35 +105,33 @@ def tile_vjp(ct, x, *, reps):
     return (lax.reduce_sum(lax.reshape(ct, interleaved), rep_axes),)
 
 
-@vjp_rule(lax.slice_p, reads=(), takes_padded=True)
+def slice_as_padding(x_shape, ct_shape, start_indices, limit_indices, strides):
+    """The ``pad`` config that puts a slice's cotangent back at the positions it was taken from."""
+    if strides is None or all(s == 1 for s in strides):
+        return [(lo, n - hi, 0) for lo, hi, n in zip(start_indices, limit_indices, x_shape)]
+    # The last element taken is start + (count-1)*stride; pad from there to the end.
+    config = []
+    for lo, n, stride, count in zip(start_indices, x_shape, strides, ct_shape):
+        end = lo + (count - 1) * stride + 1 if count else lo
+        config.append((lo, n - end, stride - 1))
+    return config
+
+
+@vjp_rule(lax.slice_p, reads=())
 def slice_vjp(ct, x, *, start_indices, limit_indices, strides):
     """d x[start:limit:stride] = ct placed at the strided positions of zeros (one ``pad``)."""
-    x_shape = np.shape(x)
-    if strides is None or all(s == 1 for s in strides):
-        config = [(lo, n - hi, 0) for lo, hi, n in zip(start_indices, limit_indices, x_shape)]
-    else:
-        # The last element taken is start + (count-1)*stride; pad from there to the end.
-        config = []
-        for lo, n, stride, count in zip(start_indices, x_shape, strides, ct.shape):
-            end = lo + (count - 1) * stride + 1 if count else lo
-            config.append((lo, n - end, stride - 1))
-    if padded.deferred(ct):  # eager: summed with its siblings in one pass
-        return (padded.pad(ct, config, x_shape),)
-    return (lax.pad(ct, _scalar_zero(ct), config),)
+    config = slice_as_padding(np.shape(x), ct.shape, start_indices, limit_indices, strides)
+    return (lax.pad(ct, scalar(0, ct.dtype), config),)
 
 
-@vjp_rule(lax.pad_p, reads=(), takes_padded=True)
+@vjp_rule(lax.pad_p, reads=())
 def pad_vjp(ct, x, padding_value, *, padding_config, needs):
     """d pad(x, v): x gets ct un-padded (strided by interior+1); v gets sum(ct) - sum(x's part).
 
     Negative lo/hi (cropping) come back as zeros: un-padding by -lo pads where pad cropped.
     """
     lo, hi, interior = zip(*padding_config) if padding_config else ((), (), ())
-    if isinstance(ct, padded.PaddedSum):
-        if not needs[1] and not any(interior):  # a crop: folded into the lazy sum's paddings
-            return (padded.crop(ct, lo, hi, np.shape(x)) if needs[0] else None, None)
-        ct = padded.materialize(ct)
-    unpadded = lax.pad(ct, _scalar_zero(ct), [(-a, -b, 0) for a, b in zip(lo, hi)])
+    unpadded = lax.pad(ct, scalar(0, ct.dtype), [(-a, -b, 0) for a, b in zip(lo, hi)])
     ct_x = lax.slice(unpadded, (0,) * unpadded.ndim, unpadded.shape, tuple(i + 1 for i in interior))
     ct_value = None
     if needs[1]:

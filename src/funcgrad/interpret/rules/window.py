@@ -35,14 +35,11 @@ import numpy as np
 from jax import lax
 
 from funcgrad.interpret.errors import UnsupportedPrimitiveError
-from funcgrad.interpret.rules import vjp_rule
+from funcgrad.interpret.registry import vjp_rule
+from funcgrad.interpret.rules._common import scalar
 from funcgrad.interpret.rules.conv import _input_ct_padding
 
 # ---- the geometry of a window reduction -----------------------------------------------------
-
-
-def _scalar(value, dtype):
-    return np.array(value, dtype)  # a literal in the jaxpr
 
 
 def _operand_padding(padding, base_dilation):
@@ -52,7 +49,7 @@ def _operand_padding(padding, base_dilation):
 
 def _unpad(ct_padded, padding, base_dilation):
     """Transpose of ``pad(x, _operand_padding(...))``: the cotangent of the real elements."""
-    trimmed = lax.pad(ct_padded, _scalar(0, ct_padded.dtype), [(-lo, -hi, 0) for lo, hi in padding])
+    trimmed = lax.pad(ct_padded, scalar(0, ct_padded.dtype), [(-lo, -hi, 0) for lo, hi in padding])
     if all(d == 1 for d in base_dilation):
         return trimmed
     return lax.slice(trimmed, (0,) * trimmed.ndim, trimmed.shape, tuple(base_dilation))
@@ -122,7 +119,7 @@ def _scatter(windows: _Windows, ct, chosen, padded_shape):
         )
         blocks = lax.reshape(blocks, (*windows.out_shape, *windows.dims))
         blocks = lax.transpose(blocks, tuple(d for i in range(nd) for d in (i, nd + i)))
-        zero = _scalar(0, ct.dtype)
+        zero = scalar(0, ct.dtype)
         gaps = []  # (out_d, window_d) -> (out_d, stride_d): the cells no window covers
         for s, w in zip(windows.strides, windows.dims):
             gaps += [(0, 0, 0), (0, s - w, 0)]
@@ -142,8 +139,8 @@ def _scatter(windows: _Windows, ct, chosen, padded_shape):
         (m, p - (n - 1) * s - 1, s - 1)
         for m, p, n, s in zip(margins, padded_shape, windows.out_shape, windows.strides)
     ]
-    ct_spread = lax.pad(ct, _scalar(0, ct.dtype), spread)
-    chosen_spread = lax.pad(chosen, _scalar(-1, np.int32), spread)
+    ct_spread = lax.pad(ct, scalar(0, ct.dtype), spread)
+    chosen_spread = lax.pad(chosen, scalar(-1, np.int32), spread)
     zeros = lax.full(padded_shape, 0, ct.dtype)
     total = None
     for i, offset in enumerate(windows.offsets):
@@ -199,7 +196,7 @@ def _route_to_chosen(
     """
     prim, select, identity = _select(select_prim)
     config = _operand_padding(padding, base_dilation)
-    padded = lax.pad(x, _scalar(identity, x.dtype), config)
+    padded = lax.pad(x, scalar(identity, x.dtype), config)
     unrolled = int(np.prod(window_dimensions)) <= MAX_UNROLLED_WINDOW
     if unrolled or any(d != 1 for d in window_dilation):
         windows = _Windows(window_dimensions, window_strides, window_dilation, ct.shape)
@@ -233,7 +230,7 @@ def _window_sum_transpose(
         window_dilation,
     )
     spread = lax.pad(
-        ct, _scalar(0, ct.dtype), [(lo, hi, s - 1) for (lo, hi), s in zip(pads, window_strides)]
+        ct, scalar(0, ct.dtype), [(lo, hi, s - 1) for (lo, hi), s in zip(pads, window_strides)]
     )
     return lax.reduce_window_sum_p.bind(
         spread,
@@ -319,10 +316,10 @@ def select_and_scatter_add_vjp(
         )
         return (gathered, None)
     config = _operand_padding(padding, (1,) * nd)
-    init = _scalar(identity, operand.dtype)
+    init = scalar(identity, operand.dtype)
     windows = _Windows(window_dimensions, window_strides, (1,) * nd, np.shape(source))
     chosen = _chosen_offset(windows, lax.pad(operand, init, config), select, init)
-    return (_gather(windows, lax.pad(ct, _scalar(0, ct.dtype), config), chosen), None)
+    return (_gather(windows, lax.pad(ct, scalar(0, ct.dtype), config), chosen), None)
 
 
 # ---- the generic reduce_window --------------------------------------------------------------
@@ -382,7 +379,7 @@ def reduce_window_vjp(cts, *operands, needs, jaxpr, consts, **window):
     windows = _Windows(
         window["window_dimensions"], window["window_strides"], window["window_dilation"], ct.shape
     )
-    padded = lax.pad(x, _scalar(identity, x.dtype), config)
+    padded = lax.pad(x, scalar(identity, x.dtype), config)
     chosen = _chosen_offset(windows, padded, select, init)
     ct_x = None
     if needs[0] and np.size(x):

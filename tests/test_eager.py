@@ -1,4 +1,5 @@
-"""Eager work the interpreter saves: residuals only, fused masks, no host zeros.
+"""Eager work the interpreter saves (``funcgrad.interpret.eager``): residuals only, compiled
+rules and call bodies, lazy padded sums.
 
 Each saving must leave the gradient unchanged and fail loudly if a rule reads what was dropped.
 """
@@ -14,10 +15,11 @@ from jax import lax
 from jax.extend.core import DropVar, Primitive
 
 import funcgrad as fg
-from funcgrad.interpret import api, padded
+from funcgrad.interpret import api
 from funcgrad.interpret.backward import backward
-from funcgrad.interpret.rules import _VJP_RULES, vjp_rule
-from funcgrad.interpret.rules.fused import fused
+from funcgrad.interpret.eager import EAGER, padded
+from funcgrad.interpret.eager.compiled_rules import compiled_rule
+from funcgrad.interpret.registry import _VJP_RULES, lookup_vjp, vjp_rule
 
 X = jax.random.normal(jax.random.PRNGKey(0), (4, 6))
 W = jax.random.normal(jax.random.PRNGKey(1), (6, 3))
@@ -38,7 +40,7 @@ def _traced(fun, *args):
 def test_pruned_evaluation_keeps_only_residuals_and_gives_the_same_gradient():
     traced = _traced(conv_like, W, X)
     full = traced.evaluate()
-    pruned = traced.evaluate(prune=True)
+    pruned = traced.evaluate(EAGER)
     assert len(pruned.values) < len(full.values)
     prims = {v: e.primitive.name for e in traced.closed.jaxpr.eqns for v in e.outvars}
     dropped = {prims[v] for v in full.values if v not in pruned.values}
@@ -55,7 +57,7 @@ def test_pruned_evaluation_keeps_only_residuals_and_gives_the_same_gradient():
 def test_a_releasing_backward_pass_frees_every_intermediate_and_gives_the_same_gradient():
     """fg.grad uses its trace once: the walk drops each equation's outputs once past it."""
     traced = _traced(conv_like, W, X)
-    kept, released = traced.evaluate(prune=True), traced.evaluate(prune=True)
+    kept, released = traced.evaluate(EAGER), traced.evaluate(EAGER)
     seed = [np.ones((), np.float32)]
     want = backward(kept, seed)[0]
     got = backward(released, seed, release=True)[0]
@@ -152,15 +154,17 @@ def test_a_rule_that_reads_a_dropped_value_fails_loudly():
         del _VJP_RULES["funcgrad_test_liar"]
 
 
-def test_fused_helper_is_one_program_eagerly_and_plain_primitives_under_a_trace():
-    @fused(static_argnames=("scale",))
-    def masked(pred, ct, *, scale):
-        return lax.select_n(pred, lax.full_like(ct, 0), ct * scale)
-
+def test_a_compiled_rule_is_one_program_eagerly_and_plain_primitives_under_a_trace():
+    select_n = compiled_rule(lookup_vjp("select_n"))
     pred = jnp.array([True, False, True])
     ct = jnp.arange(3.0)
-    np.testing.assert_array_equal(masked(pred, ct, scale=2.0), [0.0, 0.0, 4.0])
-    jaxpr = jax.make_jaxpr(lambda p, c: masked(p, c, scale=2.0))(pred, ct)
+    case = jax.ShapeDtypeStruct((3,), jnp.float32)  # select_n's rule reads only the selector
+    got = select_n.fn(ct, pred, case, case, needs=(False, True, True))
+    np.testing.assert_array_equal(got[1], [0.0, 1.0, 0.0])
+    np.testing.assert_array_equal(got[2], [0.0, 0.0, 2.0])
+    jaxpr = jax.make_jaxpr(lambda p, c: select_n.fn(c, p, c, c, needs=(False, True, True)))(
+        pred, ct
+    )
     names = [e.primitive.name for e in jaxpr.jaxpr.eqns]
     assert "select_n" in names and "jit" not in names and "pjit" not in names
 

@@ -12,10 +12,11 @@ loop reading the patches' cotangent once and writing the image's once. Terms are
 order they arrived, each padded with exact zeros, so the result is bit for bit that of doing it
 step by step.
 
-Only rules registered with ``vjp_rule(..., takes_padded=True)`` (slice, pad) may be handed a
-:class:`PaddedSum`; every other rule gets an array. Under a trace (``jax.jit``, ``jax.vmap``,
-``jax.make_jaxpr``, funcgrad differentiating itself) nothing is deferred: jaxprs and graphs keep
-JAX's own split, pads and adds, and XLA does this fusion itself.
+The lazy versions of the concatenate, slice and pad rules are here (:data:`LAZY_RULES`); only
+the slice and pad ones may be handed a :class:`PaddedSum`, every other rule gets an array
+(:func:`materialize`). Under a trace (``jax.jit``, ``jax.vmap``, ``jax.make_jaxpr``, funcgrad
+differentiating itself) nothing is deferred: jaxprs and graphs keep the plain rules' split, pads
+and adds, and XLA does this fusion itself.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ import jax
 import numpy as np
 from jax import lax
 
-__all__ = ["PaddedSum", "accumulate", "crop", "deferred", "materialize", "pad", "split"]
+from funcgrad.interpret.rules import shape as shape_rules
+
+__all__ = ["LAZY_RULES", "PaddedSum", "accumulate", "materialize"]
 
 Triples = tuple[tuple[int, int, int], ...]
 
@@ -142,3 +145,40 @@ def _sum_of_terms(pieces: list[Any], *, plan: tuple) -> Any:
             term = lax.pad(term, lax.full((), 0, term.dtype), padding)
         total = term if total is None else lax.add(total, term)
     return total
+
+
+# ---- the lazy rules: concatenate splits, slices pad, pads crop -----------------------------
+
+
+def concatenate_vjp(ct, *xs, dimension, needs):
+    """Eager ``concatenate`` rule: the pieces of ``ct`` as lazy slices (one per operand)."""
+    if not deferred(ct):
+        return shape_rules.concatenate_vjp(ct, *xs, dimension=dimension, needs=needs)
+    ct = materialize(ct)
+    pieces = split(ct, [np.shape(x)[dimension] for x in xs], dimension)
+    return tuple(p if need else None for p, need in zip(pieces, needs))
+
+
+def slice_vjp(ct, x, *, start_indices, limit_indices, strides):
+    """Eager ``slice`` rule: ``ct`` padded back to ``x``'s shape, lazily (summed with siblings)."""
+    if not deferred(ct):
+        return shape_rules.slice_vjp(
+            ct, x, start_indices=start_indices, limit_indices=limit_indices, strides=strides
+        )
+    config = shape_rules.slice_as_padding(
+        np.shape(x), ct.shape, start_indices, limit_indices, strides
+    )
+    return (pad(ct, config, np.shape(x)),)
+
+
+def pad_vjp(ct, x, padding_value, *, padding_config, needs):
+    """Eager ``pad`` rule: a crop of a lazy sum is folded into its terms' paddings."""
+    lo, hi, interior = zip(*padding_config) if padding_config else ((), (), ())
+    if isinstance(ct, PaddedSum) and not needs[1] and not any(interior):
+        return (crop(ct, lo, hi, np.shape(x)) if needs[0] else None, None)
+    return shape_rules.pad_vjp(
+        materialize(ct), x, padding_value, padding_config=padding_config, needs=needs
+    )
+
+
+LAZY_RULES = {"concatenate": concatenate_vjp, "slice": slice_vjp, "pad": pad_vjp}
