@@ -228,14 +228,18 @@ def test_jit_and_custom_jvp_bodies_are_clusters_with_values():
     assert np.allclose(tr.grads, [2 * (1 - np.tanh(1.0) ** 2), 0.0])
 
 
+def scan_then_cond(w, xs):
+    """A scan of tanh steps, then a cond on the carry."""
+
+    def body(c, x):
+        return jnp.tanh(c * w + x), jnp.sin(c)
+
+    c, ys = lax.scan(body, 0.5, xs)
+    return lax.cond(c > 0, lambda a: a * 2.0, lambda a: -a, c) + ys.sum()
+
+
 def test_scan_and_cond_bodies_drawn_as_structure_with_real_results():
-    def f(w, xs):
-        def body(c, x):
-            return jnp.tanh(c * w + x), jnp.sin(c)
-
-        c, ys = lax.scan(body, 0.5, xs)
-        return lax.cond(c > 0, lambda a: a * 2.0, lambda a: -a, c) + ys.sum()
-
+    f = scan_then_cond
     w, xs = jnp.float32(0.3), jnp.arange(3.0)
     tr = fg.trace(f, w, xs)
     g = fg.viz.draw_jaxpr(f, w, xs)
@@ -339,14 +343,9 @@ def test_gradient_program_outputs_named_and_rules_shown():
 
 
 def test_backward_equations_name_the_rule_that_emitted_them():
-    def f(w, xs):
-        def body(c, x):
-            return jnp.tanh(c * w + x), jnp.sin(c)
-
-        c, ys = lax.scan(body, 0.5, xs)
-        return lax.cond(c > 0, lambda a: a * 2.0, lambda a: -a, c) + ys.sum()
-
-    g = fg.viz.draw_jaxpr(f, jnp.float32(0.3), jnp.arange(3.0), view="backward", node_budget=None)
+    g = fg.viz.draw_jaxpr(
+        scan_then_cond, jnp.float32(0.3), jnp.arange(3.0), view="backward", node_budget=None
+    )
     # Higher-order rules by their class, first-order rules by their function, and the adds
     # that sum a variable's cotangents as such.
     forward_scan, backward_scan = nodes_with(g.source, "<B>scan</B>")

@@ -86,6 +86,8 @@ def _collapse_by_name(groups: list[Group], names: set[str]) -> None:
 
 
 def _collapse_to_budget(items: list[Item], groups: list[Group], budget: int) -> None:
+    """Collapse classes of groups (same depth, same name), in the order the module docstring
+    gives, until ``items`` take at most ``budget`` nodes."""
     classes: dict[tuple[int, str], list[Group]] = {}
     for g in groups:
         classes.setdefault((g.depth, g.name), []).append(g)
