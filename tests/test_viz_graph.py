@@ -16,6 +16,7 @@ import funcgrad as fg
 from funcgrad import losses
 from funcgrad.models import mlp, transformer
 from funcgrad.viz import graph as G
+from funcgrad.viz.graph.labels import fmt_number, grad_text, value_text
 
 needs_dot = pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed")
 
@@ -116,7 +117,7 @@ def test_values_and_gradients_match_fg_trace():
     for name, expected in (("w", -2.0 / 3.0), ("b", -1.0 / 3.0)):  # 2/3 Σ err·x, 2/3 Σ err
         grad = float(tr.cotangent(name))
         assert grad == pytest.approx(expected, rel=1e-6)
-        assert f"grad {G._fmt(grad)}<" in node(src, name)
+        assert f"grad {fmt_number(grad)}<" in node(src, name)
     assert "f32[]</FONT> 0.25" in node(src, "neuron_loss")
     (mul,) = nodes_with(src, "<B>mul</B>")
     assert "[2 4 6]" in mul  # the value of w·x, an array small enough to show in full
@@ -128,11 +129,11 @@ def test_array_summaries_show_min_mean_max_and_exact_zero_counts():
     tr = fg.trace(mlp_loss, params, x, y)
     src = fg.viz.draw_jaxpr(mlp_loss, params, x, y).source
     W = np.asarray(params["layers"][0]["W"])
-    assert f"min {G._fmt(W.min())} mean {G._fmt(W.mean())} max {G._fmt(W.max())}" in node(
-        src, "layers[0].W"
-    )
+    stats = f"min {fmt_number(W.min())} mean {fmt_number(W.mean())} max {fmt_number(W.max())}"
+    assert stats in node(src, "layers[0].W")
     gW = np.asarray(tr.grads["layers"][0]["W"])
-    assert f"grad min {G._fmt(gW.min())} mean {G._fmt(gW.mean())}" in node(src, "layers[0].W")
+    grad_stats = f"grad min {fmt_number(gW.min())} mean {fmt_number(gW.mean())}"
+    assert grad_stats in node(src, "layers[0].W")
 
 
 def test_exactly_zero_gradient_is_filled_grey():
@@ -195,11 +196,12 @@ def test_non_scalar_output_draws_values_and_says_why():
     assert "grad [1 1 1]" in seeded.source
 
 
-def test_trace_draw_is_draw_trace():
+def test_draw_trace_draws_what_draw_jaxpr_draws():
     tr = fg.trace(neuron_loss, NEURON, X, Y)
-    assert tr.draw().source == fg.viz.draw_trace(tr).source
-    assert "<B>w</B>" in tr.draw().source
-    assert "grad" not in "".join(node_lines(tr.draw(grads=False).source))
+    src = fg.viz.draw_trace(tr, output_names=["neuron_loss"]).source
+    assert src == fg.viz.draw_jaxpr(neuron_loss, NEURON, X, Y).source
+    assert "<B>w</B>" in fg.viz.draw_trace(tr).source
+    assert "grad" not in "".join(node_lines(fg.viz.draw_trace(tr, grads=False).source))
 
 
 # ---- clusters ------------------------------------------------------------------------------------
@@ -226,21 +228,25 @@ def test_jit_and_custom_jvp_bodies_are_clusters_with_values():
     assert np.allclose(tr.grads, [2 * (1 - np.tanh(1.0) ** 2), 0.0])
 
 
+def scan_then_cond(w, xs):
+    """A scan of tanh steps, then a cond on the carry."""
+
+    def body(c, x):
+        return jnp.tanh(c * w + x), jnp.sin(c)
+
+    c, ys = lax.scan(body, 0.5, xs)
+    return lax.cond(c > 0, lambda a: a * 2.0, lambda a: -a, c) + ys.sum()
+
+
 def test_scan_and_cond_bodies_drawn_as_structure_with_real_results():
-    def f(w, xs):
-        def body(c, x):
-            return jnp.tanh(c * w + x), jnp.sin(c)
-
-        c, ys = lax.scan(body, 0.5, xs)
-        return lax.cond(c > 0, lambda a: a * 2.0, lambda a: -a, c) + ys.sum()
-
+    f = scan_then_cond
     w, xs = jnp.float32(0.3), jnp.arange(3.0)
     tr = fg.trace(f, w, xs)
     g = fg.viz.draw_jaxpr(f, w, xs)
     assert "scan × 3 (body structure" in g.source and "cond: 2 branches" in g.source
     assert 'label="branch 0"' in g.source and 'label="branch 1"' in g.source
     (scan,) = nodes_with(g.source, "<B>scan</B>")
-    assert f"grad {G._fmt(float(tr.grads))}" in node(g.source, "w")
+    assert f"grad {fmt_number(float(tr.grads))}" in node(g.source, "w")
     assert "length 3" in scan and "grad" in scan  # the loop's results carry values and grads
     (tanh,) = nodes_with(g.source, "<B>tanh</B>")
     assert "grad" not in tanh  # per-iteration values are not kept
@@ -328,11 +334,27 @@ def test_gradient_program_outputs_named_and_rules_shown():
     assert {"forward", "backward"} <= set(g.clusters)
     assert "from dot_general_vjp" in g.source and "from log_vjp" in g.source
     b1 = node(g.source, "grad layers[1].b")
-    assert "[" + " ".join(G._fmt(v) for v in np.asarray(grads["layers"][1]["b"])) + "]" in b1
+    b1_grad = np.asarray(grads["layers"][1]["b"])
+    assert "[" + " ".join(fmt_number(v) for v in b1_grad) + "]" in b1
     assert any("gradient program" in n for n in g.notes)
     view = fg.viz.draw_jaxpr(mlp_loss, params, x, y, view="backward")
     assert node(view.source, "grad layers[1].b") == b1
     assert view.node_count == g.node_count
+
+
+def test_backward_equations_name_the_rule_that_emitted_them():
+    g = fg.viz.draw_jaxpr(
+        scan_then_cond, jnp.float32(0.3), jnp.arange(3.0), view="backward", node_budget=None
+    )
+    # Higher-order rules by their class, first-order rules by their function, and the adds
+    # that sum a variable's cotangents as such.
+    forward_scan, backward_scan = nodes_with(g.source, "<B>scan</B>")
+    assert "from " not in forward_scan and "length 3 reverse" in backward_scan
+    assert "from ScanVjp<" in backward_scan
+    assert re.search(r'label="CondVjp  \(VJP rule\)"', g.source)
+    assert "from sin_vjp<" in g.source
+    (summed,) = nodes_with(g.source, "from sum of cotangents<")
+    assert "<B>add</B>" in summed
 
 
 def test_jax_grad_program_is_recognised_too():
@@ -411,13 +433,13 @@ def test_without_dot_rendering_says_how_to_install_and_source_still_works(tmp_pa
     ],
 )
 def test_value_text(value, text):
-    assert G._value_text(value) == text
+    assert value_text(value) == text
 
 
 def test_grad_text_statuses():
-    assert G._grad_text(np.zeros(7)) == (G.ZERO, "grad 0 (exactly)")
-    assert G._grad_text(np.float32(-0.5)) == (G.FLOWS, "grad -0.5")
-    status, text = G._grad_text(np.array([0.0, 0.0, 1.0, 2.0, 3.0]))
+    assert grad_text(np.zeros(7)) == (G.ZERO, "grad 0 (exactly)")
+    assert grad_text(np.float32(-0.5)) == (G.FLOWS, "grad -0.5")
+    status, text = grad_text(np.array([0.0, 0.0, 1.0, 2.0, 3.0]))
     assert status == G.FLOWS and text.endswith("2 of 5 exactly 0")
 
 
@@ -443,4 +465,4 @@ def test_a_training_step_is_drawn_as_forward_backward_and_update():
         "forward", "backward", "after"
     ]
     new = sgd_step(NEURON, X, Y)
-    assert f"f32[]</FONT> {G._fmt(float(new['w']))}" in node(g.source, "sgd_step.w")
+    assert f"f32[]</FONT> {fmt_number(float(new['w']))}" in node(g.source, "sgd_step.w")

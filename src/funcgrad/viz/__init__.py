@@ -1,8 +1,8 @@
 """Pictures of gradients and training: jaxpr graphs now; plots, animations and reports on demand.
 
 ``draw_jaxpr(fun, *args)`` draws a function's jaxpr with funcgrad's values and gradients on every
-node, ``draw_trace(trace)`` draws a trace made by ``fg.trace`` (``Trace.draw()`` calls it). The
-plotting modules (``plots``, ``animate``, ``report``) import matplotlib and are loaded on first use.
+node, ``draw_trace(trace)`` draws a trace made by ``fg.trace``. The plotting modules (``plots``,
+``animate``, ``report``) import matplotlib and are loaded on first use.
 """
 
 from __future__ import annotations
