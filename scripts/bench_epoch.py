@@ -1,6 +1,6 @@
 """Benchmark: fit's compiled epoch across scan unroll values and XLA compiler options.
 
-``fit`` runs an epoch as ``lax.scan(step, ..., unroll=train._SCAN_UNROLL)`` and compiles it with
+``fit`` runs an epoch as ``lax.scan(step, ..., unroll=SCAN_UNROLL)`` and compiles it with
 ``train.default_compiler_options()`` unless told otherwise. This compiles the epoch of one
 model once per (engine, unroll, option set), then runs the variants in turn, back to back, for
 ``--rounds`` rounds (so that this shared machine's slow spells fall on all of them alike); it
@@ -29,6 +29,7 @@ import optax
 
 from funcgrad import train
 from funcgrad.models import cnn, mlp
+from funcgrad.train.programs import SCAN_UNROLL, Programs, ProgramSettings
 
 OPTION_SETS = {"fit": train.default_compiler_options(), "xla": {}}
 
@@ -60,21 +61,18 @@ def compiled_epoch(
     y: Any,
 ) -> tuple:
     """(compiled epoch, its arguments, seconds to compile) with ``unroll`` steps per iteration."""
-    train._SCAN_UNROLL = unroll  # read when the epoch is traced, just below
-    programs = train._Programs(
-        loss_fn,
-        optax.adam(1e-3),
+    settings = ProgramSettings(
         grad_engine=engine,
         has_aux=True,
         eval_fn=None,
         batch_size=batch,
-        mesh=None,
-        data_axis="data",
-        with_progress=False,
         compiler_options=tuple(sorted(options.items())),
+        scan_unroll=unroll,
     )
+    programs = Programs(loss_fn, optax.adam(1e-3), settings)
     order = programs.order(jax.random.key(1), len(x))
-    args = (params, optax.adam(1e-3).init(params), jax.random.key(2), order, x, y)
+    opt_state = optax.adam(1e-3).init(params)
+    args = programs.epoch_args(params, opt_state, jax.random.key(2), order, (x, y))
     start = time.perf_counter()
     compiled = programs.compiled_epoch(args)
     seconds = time.perf_counter() - start
@@ -87,24 +85,21 @@ def main() -> None:
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--unrolls", type=int, nargs="+", default=[train._SCAN_UNROLL])
+    parser.add_argument("--unrolls", type=int, nargs="+", default=[SCAN_UNROLL])
     parser.add_argument("--options", nargs="+", choices=tuple(OPTION_SETS), default=["fit", "xla"])
     parser.add_argument(
         "--engines", nargs="+", choices=train.GRAD_ENGINES, default=list(train.GRAD_ENGINES)
     )
     args = parser.parse_args()
     loss_fn, params, x, y = model(args.model, args.batch)
-    default = train._SCAN_UNROLL
-    variants = {}
-    try:
-        for engine in args.engines:
-            for unroll in args.unrolls:
-                for name in args.options:
-                    variants[(engine, unroll, name)] = compiled_epoch(
-                        loss_fn, params, engine, unroll, OPTION_SETS[name], args.batch, x, y
-                    )
-    finally:
-        train._SCAN_UNROLL = default
+    variants = {
+        (engine, unroll, name): compiled_epoch(
+            loss_fn, params, engine, unroll, OPTION_SETS[name], args.batch, x, y
+        )
+        for engine in args.engines
+        for unroll in args.unrolls
+        for name in args.options
+    }
     times: dict[tuple, list[float]] = {key: [] for key in variants}
     for _ in range(args.rounds):
         for key, (compiled, epoch_args, _) in variants.items():

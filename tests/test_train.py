@@ -15,6 +15,7 @@ import pytest
 import funcgrad as fg
 from funcgrad import train
 from funcgrad.models import linear, mlp
+from funcgrad.train import compiler_options as train_compiler_options
 
 ENGINES = ("jax", "funcgrad")
 
@@ -534,14 +535,15 @@ def test_a_mesh_without_the_data_axis_is_refused():
 
 def test_default_compiler_options_are_for_cpu_only_and_fall_back_to_none(monkeypatch):
     cpu = train.default_compiler_options("cpu")
-    assert cpu == train._CPU_COMPILER_OPTIONS, (
+    assert cpu == train_compiler_options._CPU_COMPILER_OPTIONS, (
         "this jaxlib's XLA rejects fit's CPU option: fit still works (with XLA's defaults) but "
         "has lost its Eigen matmuls; find the option's new name and update _CPU_COMPILER_OPTIONS"
     )
     assert train.default_compiler_options("gpu") == {}
     assert train.default_compiler_options("tpu") == {}
     # An XLA that no longer knows the option: fit compiles with XLA's defaults and trains.
-    monkeypatch.setattr(train, "_CPU_COMPILER_OPTIONS", {"xla_renamed_in_a_later_release": "x"})
+    renamed = {"xla_renamed_in_a_later_release": "x"}
+    monkeypatch.setattr(train_compiler_options, "_CPU_COMPILER_OPTIONS", renamed)
     assert train.default_compiler_options("cpu") == {}
     _, history = fit_linear(epochs=2)
     assert len(history["loss"]) == 2

@@ -10,15 +10,24 @@ Each loss agrees with optax's equivalent: ``mse`` with ``optax.losses.squared_er
 (note ``optax.losses.l2_loss`` is half of it), ``sigmoid_binary_cross_entropy`` and
 ``softmax_cross_entropy[_with_integer_labels]`` with the optax functions of the same name
 followed by ``.mean()``.
+
+:func:`classifier_loss` and :func:`regression_loss` build a training loss
+``loss_fn(params, x, y)`` from a model's ``apply`` function, as ``fg.train.fit`` takes it.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 REDUCTIONS = ("mean", "sum", "none")
+
+LossFn = Callable[..., Any]
+"""``loss_fn(params, x, y) -> loss``, or ``-> (loss, aux)``: what ``fg.train.fit`` minimises."""
 
 # Binary cross-entropy on probabilities clips them to [EPS, 1 - EPS] so log() stays finite.
 EPS = 1e-7
@@ -201,3 +210,52 @@ def accuracy(
             )
         correct = predicted == labels
     return jnp.mean(correct.astype(jnp.float32))
+
+
+def classifier_loss(apply_fn: Callable[..., jax.Array], **apply_kwargs: Any) -> LossFn:
+    """Return ``loss_fn(params, x, y) -> (loss, {"accuracy": acc})`` for ``fit(has_aux=True)``.
+
+    ``apply_fn(params, x, **apply_kwargs)`` gives logits. With ``(batch, classes)`` logits and
+    integer labels (or one-hot / probability labels ``(batch, classes)``) the loss is softmax
+    cross-entropy; with one logit per example (``(batch, 1)`` or ``(batch,)``) and 0/1 labels it
+    is sigmoid binary cross-entropy. Both are batch means, and
+    so is the accuracy.
+
+    With a non-zero ``dropout_rate`` in ``apply_kwargs`` the loss takes ``key=None`` too: ``fit``
+    passes a fresh key each training step (``apply_fn(..., key=key, train=True)``), evaluation
+    passes none (``train=False``: no dropout).
+    """
+
+    def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+        return _classify(apply_fn(params, x, **apply_kwargs), y)
+
+    if apply_kwargs.get("dropout_rate", 0.0):
+
+        def dropout_loss_fn(
+            params: Any, x: jax.Array, y: jax.Array, key: jax.Array | None = None
+        ) -> tuple[jax.Array, dict[str, Any]]:
+            train = key is not None  # fit passes a fresh key per training step; eval passes none
+            return _classify(apply_fn(params, x, key=key, train=train, **apply_kwargs), y)
+
+        return dropout_loss_fn
+    return loss_fn
+
+
+def _classify(logits: jax.Array, y: jax.Array) -> tuple[jax.Array, dict[str, Any]]:
+    """(batch-mean cross-entropy, {"accuracy": ...}) of logits against labels."""
+    if logits.ndim == 1 or logits.shape[-1] == 1:  # one logit per example: binary
+        logits = logits.reshape(y.shape)
+        loss = sigmoid_binary_cross_entropy(logits, y.astype(logits.dtype))
+    else:
+        loss = softmax_cross_entropy(logits, y)
+    return loss, {"accuracy": accuracy(logits, y, from_logits=True)}
+
+
+def regression_loss(apply_fn: Callable[..., jax.Array], **apply_kwargs: Any) -> LossFn:
+    """Return ``loss_fn(params, x, y) -> mse`` of ``apply_fn(params, x)`` reshaped to ``y``."""
+
+    def loss_fn(params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+        predictions = apply_fn(params, x, **apply_kwargs)
+        return mse(predictions.reshape(y.shape), y)
+
+    return loss_fn
