@@ -1,30 +1,24 @@
 """Helpers the tests use to hold funcgrad's gradients against jax.grad.
 
-Tolerances: float32 rtol=1e-5, atol=1e-6 (a few ULPs of accumulated rounding: the two
-implementations may order a sum differently); float64 rtol=1e-10, atol=1e-12.
+Tolerances are those of ``fg.compare_grads`` (``funcgrad.compare.TOLERANCES``): float32
+rtol=1e-5, atol=1e-6 (a few ULPs of accumulated rounding: the two implementations may order a
+sum differently); float64 rtol=1e-10, atol=1e-12. Dtypes outside the table compare exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.core import ClosedJaxpr, Jaxpr
+from jax.extend.core import Jaxpr
 
 import funcgrad as fg
-
-TOLERANCES = {
-    np.dtype(np.float16): (1e-2, 1e-3),
-    np.dtype(jnp.bfloat16): (2e-2, 1e-2),
-    np.dtype(np.float32): (1e-5, 1e-6),
-    np.dtype(np.float64): (1e-10, 1e-12),
-    np.dtype(np.complex64): (1e-5, 1e-6),
-    np.dtype(np.complex128): (1e-10, 1e-12),
-}
+from funcgrad.compare import TOLERANCES
+from funcgrad.interpret.jaxprs import all_eqns
 
 
 def assert_trees_close(got: Any, want: Any, rtol: float | None = None, atol: float | None = None,
@@ -119,18 +113,6 @@ def weighted_sum(f: Callable, integer_weights: bool = False) -> Callable:
         return total
 
     return loss
-
-
-def all_eqns(jaxpr: Jaxpr) -> Iterator[Any]:
-    """Every equation of ``jaxpr``, those of its sub-jaxprs (jit, scan, ...) included."""
-    for eqn in jaxpr.eqns:
-        yield eqn
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else [param]:
-                if isinstance(sub, ClosedJaxpr):
-                    yield from all_eqns(sub.jaxpr)
-                elif isinstance(sub, Jaxpr):
-                    yield from all_eqns(sub)
 
 
 def primitives_of(jaxpr: Jaxpr) -> set[str]:

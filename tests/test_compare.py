@@ -14,12 +14,12 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, mlir
 
 import funcgrad as fg
-from funcgrad import finite_diff
 from funcgrad.compare import (
     FD_TOLERANCES,
     TOLERANCES,
     compare_arrays,
     default_tolerance,
+    finite_diff,
     jax_tag_cotangents,
     ulp_distance,
 )
@@ -527,6 +527,15 @@ def test_argnums_tuple_names_leaves_by_argument():
                                "params.layers[1].b", "x"]
     bare = fg.compare_grads(small_loss, W_SMALL, X)
     assert bare.leaves() == ["w"]
+
+
+def test_a_key_that_is_not_an_identifier_is_quoted_in_the_leaf_name():
+    def f(p, w):
+        return jnp.sum(p["w q"] * p["b"][0] * w)
+
+    p, w = {"w q": jnp.ones(2), "b": [jnp.full(2, 2.0)]}, jnp.arange(2.0)
+    assert fg.compare_grads(f, p, w).leaves() == ["b[0]", "['w q']"]
+    assert fg.compare_grads(f, p, w, argnums=(0, 1)).leaves() == ["p.b[0]", "p['w q']", "w"]
 
 
 def test_nothing_to_compare_is_an_error_not_a_pass():

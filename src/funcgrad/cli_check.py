@@ -22,8 +22,16 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from funcgrad.compare import compare_grads
+from funcgrad.manual import cases
+from funcgrad.manual.cases import Case
+
+__all__ = ["CASES", "MODELS", "Case", "add_arguments", "check", "run"]
 
 MODELS = ("linear", "xor", "mlp", "cnn", "transformer")
 
@@ -50,105 +58,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the reports as JSON")
 
 
-@dataclass
-class Case:
-    """One model's gradient check: the loss, its arguments and the references to compare."""
-
-    title: str
-    loss: Callable[..., Any]
-    args: tuple[Any, ...]
-    reference: dict[str, Any] = field(default_factory=dict)
-    intermediates: dict[str, Any] | None = None
+# Each command picks its problem sizes; the params, data, loss and hand-derived gradients are
+# those of funcgrad.manual.cases, shared with the tour.
+def _linear(key: jax.Array, dtype: Any) -> Case:
+    return cases.linear(*jax.random.split(key), batch=32, dtype=dtype)
 
 
-def _linear(key, dtype) -> Case:
-    from funcgrad import manual
+def _xor(key: jax.Array, dtype: Any) -> Case:
+    return cases.xor(key, hidden=4, dtype=dtype)
 
-    p_key, d_key = _split(key)
-    params = manual.linear.init(p_key, dtype=dtype)
-    x, y = manual.linear.data(d_key, 32, dtype=dtype)
-    return Case(
-        "linear: one neuron y = x @ W + b, 2 inputs, MSE, batch 32",
-        manual.linear.loss,
-        (params, x, y),
-        {"manual": manual.linear.grad},
+
+def _mlp(key: jax.Array, dtype: Any) -> Case:
+    return cases.mlp(*jax.random.split(key), batch=32, dtype=dtype)
+
+
+def _cnn(key: jax.Array, dtype: Any) -> Case:
+    return cases.cnn(
+        *jax.random.split(key, 3), conv_channels=(4, 8), dense_sizes=(16, 10), batch=4,
+        dtype=dtype,
     )
 
 
-def _xor(key, dtype) -> Case:
-    from funcgrad import manual
-
-    params = manual.xor.init(key, hidden=4, dtype=dtype)
-    x, t = manual.xor.data(dtype)
-    return Case(
-        "xor: 2-4-1 sigmoid network, ½·MSE, the 4 XOR patterns; δ-terms as tags",
-        manual.xor.loss,
-        (params, x, t),
-        {"manual": manual.xor.grad},
-        manual.xor.deltas(params, x, t),
+def _transformer(key: jax.Array, dtype: Any) -> Case:
+    return cases.transformer(
+        *jax.random.split(key, 3), vocab=11, d_model=8, seq_len=6, batch=2, dtype=dtype
     )
 
 
-def _mlp(key, dtype) -> Case:
-    from funcgrad import manual
-
-    p_key, d_key = _split(key)
-    params = manual.mlp.init(p_key, dtype=dtype)
-    x, y = manual.mlp.data(d_key, 32, dtype=dtype)
-    return Case(
-        "mlp: 784-100-100-10 tanh, softmax + average NLL, batch 32; every step as a tag",
-        manual.mlp.loss,
-        (params, x, y),
-        {"manual": manual.mlp.grad, "fused": manual.mlp.grad_fused},
-        manual.mlp.intermediates(params, x, y),
-    )
-
-
-def _cnn(key, dtype) -> Case:
-    import jax
-
-    from funcgrad import manual
-    from funcgrad.models import cnn
-
-    p_key, x_key, y_key = _split(key, 3)
-    params = cnn.init(p_key, (8, 8, 1), conv_channels=(4, 8), dense_sizes=(16, 10), dtype=dtype)
-    x = jax.random.normal(x_key, (4, 8, 8, 1), dtype)
-    y = jax.random.randint(y_key, (4,), 0, 10)
-    return Case(
-        "cnn: conv3x3x4-relu-maxpool2-conv3x3x8-relu-maxpool2-dense16-relu-dense10, "
-        "8x8 images, softmax cross-entropy, batch 4",
-        manual.cnn.loss,
-        (params, x, y),
-        {"manual": manual.cnn.grad},
-    )
-
-
-def _transformer(key, dtype) -> Case:
-    import jax
-
-    from funcgrad import losses
-    from funcgrad.models import transformer
-
-    p_key, x_key, y_key = _split(key, 3)
-    params = transformer.init(
-        p_key, 11, num_classes=3, d_model=8, num_layers=1, max_len=6, dtype=dtype
-    )
-    ids = jax.random.randint(x_key, (2, 6), 0, 11)
-    labels = jax.random.randint(y_key, (2,), 0, 3)
-
-    def loss(params, ids, labels):
-        logits = transformer.apply(params, ids, num_heads=2)
-        return losses.softmax_cross_entropy(logits, labels)
-
-    return Case(
-        "transformer: 1 pre-LN block, d_model 8, 2 heads, vocab 11, 3 classes, 2 sequences "
-        "of 6 tokens (no hand-derived gradient)",
-        loss,
-        (params, ids, labels),
-    )
-
-
-CASES: dict[str, Callable[..., Case]] = {
+CASES: dict[str, Callable[[jax.Array, Any], Case]] = {
     "linear": _linear,
     "xor": _xor,
     "mlp": _mlp,
@@ -157,19 +94,8 @@ CASES: dict[str, Callable[..., Case]] = {
 }
 
 
-def _split(key, n: int = 2):
-    import jax
-
-    return jax.random.split(key, n)
-
-
 def check(name: str, *, seed: int = 0, fd_elements: int = 32, x64: bool = False):
     """The :class:`~funcgrad.compare.GradReport` of model ``name`` (float64 if ``x64``)."""
-    import jax
-    import jax.numpy as jnp
-
-    from funcgrad.compare import compare_grads
-
     with jax.enable_x64(x64):
         dtype = jnp.float64 if x64 else jnp.float32
         key = jax.random.fold_in(jax.random.key(seed), MODELS.index(name))

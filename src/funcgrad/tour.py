@@ -45,6 +45,7 @@ import optax
 
 import funcgrad as fg
 from funcgrad import data, losses, manual, models, train
+from funcgrad.manual import cases
 from funcgrad.viz import animate, plots
 from funcgrad.viz.report import Report, Section, check_output_dir
 
@@ -338,59 +339,41 @@ def _mnist(t: _Tour, sec: Section) -> None:
 
 
 # ---- 5. gradient checks -------------------------------------------------------------------------
+_GRAD_TITLES = {
+    "linear": "linear regression, mean squared error",
+    "xor": "XOR 2-2-1 sigmoid, ½·MSE (with the δ-terms)",
+    "mlp": "784-100-100-10 tanh MLP, softmax + NLL (every intermediate)",
+    "cnn": "CNN: conv 3×3 → relu → max-pool → dense, cross-entropy",
+    "transformer": "transformer classifier (1 block; no hand-derived gradient: funcgrad vs JAX "
+    "vs finite differences)",
+}
+
+
 def _grad_cases(t: _Tour) -> dict[str, Callable[[], Any]]:
     """name -> a thunk returning the GradReport (built inside float64 mode)."""
     k = t.keys(5, 10)
     f64 = jnp.float64
+    builders: dict[str, Callable[[], cases.Case]] = {
+        "linear": lambda: cases.linear(k[0], k[1], batch=16, dtype=f64),
+        "xor": lambda: cases.xor(k[2], hidden=2, dtype=f64),
+        "mlp": lambda: cases.mlp(k[3], k[4], batch=t.s.mlp_batch, dtype=f64),
+        "cnn": lambda: cases.cnn(k[5], k[6], k[7], conv_channels=(4,), dense_sizes=(10,),
+                                 batch=4, dtype=f64),
+        "transformer": lambda: cases.transformer(k[8], k[9], vocab=16, d_model=16, d_ff=32,
+                                                 seq_len=8, batch=4, dtype=f64),
+    }
+    return {
+        name: functools.partial(_compare_case, builders[name], _GRAD_TITLES[name])
+        for name in t.s.grad_models
+    }
 
-    def linear() -> Any:
-        params = manual.linear.init(k[0], dtype=f64)
-        x, y = manual.linear.data(k[1], 16, dtype=f64)
-        return fg.compare_grads(manual.linear.loss, params, x, y,
-                                reference={"manual": manual.linear.grad, "fd": "fd"},
-                                title="linear regression, mean squared error")
 
-    def xor() -> Any:
-        params = manual.xor.init(k[2], 2, dtype=f64)
-        x, target = manual.xor.data(dtype=f64)
-        return fg.compare_grads(manual.xor.loss, params, x, target,
-                                reference={"manual": manual.xor.grad, "fd": "fd"},
-                                intermediates=manual.xor.deltas(params, x, target),
-                                title="XOR 2-2-1 sigmoid, ½·MSE (with the δ-terms)")
-
-    def mlp() -> Any:
-        params = manual.mlp.init(k[3], dtype=f64)
-        x, y = manual.mlp.data(k[4], t.s.mlp_batch, dtype=f64)
-        return fg.compare_grads(manual.mlp.loss, params, x, y,
-                                reference={"manual": manual.mlp.grad, "fd": "fd"},
-                                intermediates=manual.mlp.intermediates(params, x, y),
-                                title="784-100-100-10 tanh MLP, softmax + NLL (every intermediate)")
-
-    def cnn() -> Any:
-        params = models.cnn.init(k[5], (8, 8, 1), conv_channels=(4,), dense_sizes=(10,),
-                                 dtype=f64)
-        x = jax.random.normal(k[6], (4, 8, 8, 1), f64)
-        y = jax.random.randint(k[7], (4,), 0, 10)
-        return fg.compare_grads(manual.cnn.loss, params, x, y,
-                                reference={"manual": manual.cnn.grad, "fd": "fd"},
-                                title="CNN: conv 3×3 → relu → max-pool → dense, cross-entropy")
-
-    def transformer() -> Any:
-        params = models.transformer.init(k[8], 16, num_classes=3, d_model=16, num_layers=1,
-                                         d_ff=32, max_len=8, dtype=f64)
-        ids = jax.random.randint(k[9], (4, 8), 0, 16)
-        labels = jnp.array([0, 1, 2, 0])
-
-        def loss(params: Any, ids: jax.Array, labels: jax.Array) -> jax.Array:
-            logits = models.transformer.apply(params, ids, num_heads=2)
-            return losses.softmax_cross_entropy(logits, labels)
-
-        return fg.compare_grads(loss, params, ids, labels, reference={"fd": "fd"},
-                                title="transformer classifier (1 block; no hand-derived "
-                                "gradient: funcgrad vs JAX vs finite differences)")
-
-    cases = {"linear": linear, "xor": xor, "mlp": mlp, "cnn": cnn, "transformer": transformer}
-    return {name: cases[name] for name in t.s.grad_models}
+def _compare_case(build: Callable[[], cases.Case], title: str) -> Any:
+    """``fg.compare_grads`` of the case against its ``manual`` gradient and finite differences."""
+    case = build()
+    manual_only = {k: v for k, v in case.reference.items() if k == "manual"}
+    return fg.compare_grads(case.loss, *case.args, reference={**manual_only, "fd": "fd"},
+                            intermediates=case.intermediates, title=title)
 
 
 def _gradients(t: _Tour, sec: Section) -> None:
