@@ -21,7 +21,7 @@ LAYERS = [
     {"models", "losses"},
     {"interpret"},
     {"manual"},
-    {"compare", "finite_diff", "viz", "train"},
+    {"compare", "viz", "train"},
     {"cli", "cli_check", "cli_tour", "cli_train", "tour", "__init__"},
 ]
 

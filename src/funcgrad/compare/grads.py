@@ -25,7 +25,7 @@ from funcgrad.compare.rows import Tolerances, analytic_row, engine_label, fd_row
 from funcgrad.compare.tags import jax_tag_cotangents
 from funcgrad.interpret import grad as fg_grad
 from funcgrad.interpret import trace as fg_trace
-from funcgrad.interpret.api import lookup
+from funcgrad.interpret.trace import lookup
 
 __all__ = ["compare_grads"]
 

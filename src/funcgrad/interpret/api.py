@@ -25,7 +25,7 @@ from jax.extend.core import ClosedJaxpr
 
 from funcgrad._args import arg_names as _arg_names
 from funcgrad._args import argnums_tuple as _argnums_tuple
-from funcgrad._paths import path_to_str
+from funcgrad._paths import leaf_name
 from funcgrad.interpret import rules  # noqa: F401  (registers every rule)
 from funcgrad.interpret.backward import backward
 from funcgrad.interpret.eager import EAGER
@@ -71,8 +71,7 @@ class _Traced:
             start = len(dyn)
             for path, leaf in with_paths:
                 dyn.append(leaf)
-                sub = path_to_str(path, lead=".")
-                names.append(sub.removeprefix(".") if single and sub else arg_names[i] + sub)
+                names.append(leaf_name(arg_names[i], path, single))
             self.arg_slices[i] = slice(start, len(dyn))
         self.dyn_args = dyn
         self.input_names = names
@@ -113,7 +112,7 @@ class _Traced:
                 continue
             for path, leaf in jax.tree_util.tree_flatten_with_path(arg)[0]:
                 if isinstance(leaf, jax.Array):
-                    by_id.setdefault(id(leaf), arg_names[i] + path_to_str(path, lead="."))
+                    by_id.setdefault(id(leaf), leaf_name(arg_names[i], path))
         return [by_id.get(id(c)) for c in self.closed.consts]
 
     @property

@@ -14,7 +14,7 @@ import jax
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from funcgrad._paths import path_to_str
+from funcgrad._paths import leaf_name
 from funcgrad.interpret.registry import vjp_rule
 
 __all__ = ["tag", "tag_p"]
@@ -44,7 +44,7 @@ def tag(x: Any, name: str) -> Any:
     if len(leaves) == 1 and not leaves[0][0]:
         return tag_p.bind(x, name=name)
     tagged = [
-        tag_p.bind(leaf, name=f"{name}{path_to_str(path, lead='.')}") for path, leaf in leaves
+        tag_p.bind(leaf, name=leaf_name(name, path)) for path, leaf in leaves
     ]
     return jax.tree_util.tree_unflatten(treedef, tagged)
 
