@@ -2,10 +2,12 @@
 
 Hypothesis builds a small random program: a few float64 inputs of random (broadcast-compatible)
 shapes, then a random sequence of operations drawn from a catalogue of unary, binary, reducing,
-shape-changing and indexing ops, each applied to values produced so far. The program's scalar
-output is the sum of everything it computed, so every intermediate gets a cotangent. Run in
-float64 so that agreement can be tight (rtol 1e-9): differences there would be formula bugs, not
-rounding.
+shape-changing and indexing ops, each applied to values produced so far, custom derivatives
+(a safe log whose JVP rule has a ``jnp.where`` in it, a gradient clip), ``vmap`` and ``lax.map``
+among them. The program's scalar output is the sum of everything it computed, so every
+intermediate gets a cotangent. Run in float64 so that agreement can be tight (rtol 1e-9):
+differences there would be formula bugs, not rounding. ``fg.grad`` (eager, residuals only) is
+compared with ``jax.grad`` and with ``fg.trace`` (every value kept).
 """
 
 from __future__ import annotations
@@ -19,6 +21,39 @@ from hypothesis import strategies as st
 from jax import lax
 
 import funcgrad as fg
+
+
+@jax.custom_jvp
+def safe_log(x):
+    """log(max(x, 1e-3)), with a JVP rule that is zero below the floor."""
+    return jnp.log(jnp.maximum(x, 1e-3))
+
+
+@safe_log.defjvp
+def _safe_log_jvp(primals, tangents):
+    (x,), (t,) = primals, tangents
+    floored = jnp.maximum(x, 1e-3)
+    return safe_log(x), jnp.where(x > 1e-3, t / floored, 0.0)
+
+
+@jax.custom_vjp
+def clip_gradient(x):
+    """The identity, whose backward pass clips the cotangent to [-0.5, 0.5]."""
+    return x
+
+
+clip_gradient.defvjp(lambda x: (x, None), lambda _, ct: (jnp.clip(ct, -0.5, 0.5),))
+
+
+def _vmapped(x):
+    row = lambda r: jnp.tanh(r) * jnp.sum(clip_gradient(r))  # noqa: E731
+    return row(x) if x.ndim == 0 else jax.vmap(row)(x)
+
+
+def _mapped(x):
+    row = lambda r: safe_log(r) + jnp.sin(r) * r  # noqa: E731
+    return row(x) if x.ndim == 0 else lax.map(row, x)
+
 
 # Unary ops, each safe on all reals (domains are folded in so there are no NaNs to compare).
 UNARY = {
@@ -39,6 +74,10 @@ UNARY = {
     "cbrt_shift": lambda x: jnp.cbrt(x * x + 1.0),
     "pow": lambda x: (x * x + 1.0) ** 1.5,
     "rsqrt": lambda x: lax.rsqrt(x * x + 1.0),
+    "safe_log": safe_log,
+    "clip_gradient": lambda x: clip_gradient(x) * jnp.cos(x),
+    "vmap": _vmapped,
+    "lax_map": _mapped,
 }
 
 BINARY = {
@@ -197,8 +236,10 @@ def test_random_programs_match_jax(program, data):
 
         argnums = tuple(range(len(inputs)))
         want = jax.grad(program_fn, argnums)(*inputs)
-        got = fg.grad(program_fn, argnums)(*inputs)
+        got = fg.grad(program_fn, argnums)(*inputs)  # eager: residuals only
         assert_trees_close(got, want, rtol=1e-9, atol=1e-11)
+        kept = fg.trace(program_fn, *inputs, argnums=argnums).grads  # every value kept
+        assert_trees_close(got, kept, rtol=1e-12, atol=1e-14)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -29,6 +29,7 @@ from funcgrad._paths import leaf_name
 from funcgrad.interpret import rules  # noqa: F401  (registers every rule)
 from funcgrad.interpret.backward import backward
 from funcgrad.interpret.eager import EAGER
+from funcgrad.interpret.jaxprs import without_refs
 from funcgrad.interpret.shortcuts import PLAIN, Shortcuts, using_shortcuts
 from funcgrad.interpret.trace import Trace, evaluate, is_differentiable
 
@@ -98,7 +99,7 @@ class _Traced:
 
         # A fresh closure per call: make_jaxpr caches on the function object, and a cached trace
         # would not see globals that changed since (jax.grad always re-traces, and so do we).
-        self.closed: ClosedJaxpr = jax.make_jaxpr(flat_fun)(*dyn)
+        self.closed: ClosedJaxpr = without_refs(jax.make_jaxpr(flat_fun)(*dyn))
         self.out_tree = store["out_tree"]
         self.aux_tree = store["aux_tree"]
         self.n_out: int = store["n_out"]

@@ -17,7 +17,13 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import DropVar, Literal, Var
 
-from funcgrad.interpret.errors import RuleError, UnsupportedPrimitiveError, source_line
+from funcgrad.interpret.errors import (
+    RuleError,
+    UnsupportedPrimitiveError,
+    enclosing,
+    failures_named,
+    source_line,
+)
 from funcgrad.interpret.registry import RuleSpec
 from funcgrad.interpret.shortcuts import Shortcuts, current_shortcuts
 from funcgrad.interpret.trace import Trace, is_differentiable, placeholder
@@ -207,24 +213,22 @@ def _transpose_eqn(
 def _apply_rule(
     i: int, eqn: Any, trace: Trace, higher: Any, spec: RuleSpec | None, cts: list, needs: list
 ) -> Sequence[Any]:
-    """Run equation ``i``'s rule; errors name the primitive and the line it came from."""
+    """Run equation ``i``'s rule; any failure names the primitive and the user's line."""
     name = eqn.primitive.name
-    try:
+    with failures_named(eqn, "VJP rule"):
         if higher is not None:
             invals = [trace.read(v) for v in eqn.invars]
-            in_cts = higher.backward(eqn, invals, trace.records.get(i), cts, needs)
+            with enclosing(eqn):
+                in_cts = higher.backward(eqn, invals, trace.records.get(i), cts, needs)
+        elif spec is None:
+            raise UnsupportedPrimitiveError(name, source_line(eqn), dict(eqn.params))
         else:
-            if spec is None:
-                raise UnsupportedPrimitiveError(name, source_line(eqn), dict(eqn.params))
             in_cts = _call_rule(spec, eqn, trace, cts, needs)
-    except (UnsupportedPrimitiveError, RuleError):
-        raise
-    except Exception as err:
-        err.add_note(f"funcgrad: in the VJP rule for '{name}' at {source_line(eqn)}")
-        raise
     if len(in_cts) != len(eqn.invars):
         raise RuleError(
-            f"the VJP rule for '{name}' returned {len(in_cts)} cotangents for "
-            f"{len(eqn.invars)} inputs"
+            f"the VJP rule for '{name}' (at {source_line(eqn)}) returned {len(in_cts)} "
+            f"cotangents for {len(eqn.invars)} inputs",
+            name,
+            source_line(eqn),
         )
     return in_cts

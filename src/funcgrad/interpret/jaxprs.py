@@ -11,11 +11,32 @@ from typing import Any
 
 from jax.extend.core import ClosedJaxpr, Jaxpr, JaxprEqn
 
-__all__ = ["CALL_PRIMITIVES", "all_eqns", "body_of_call", "open_jaxpr", "sub_jaxprs"]
+try:  # no public API offers state discharge; it is a program transformation, not AD
+    from jax._src.state.discharge import discharge_state
+except ImportError:  # pragma: no cover - a JAX that moved it
+    discharge_state = None
+
+__all__ = [
+    "CALL_PRIMITIVES",
+    "REF_PRIMITIVES",
+    "all_eqns",
+    "body_of_call",
+    "open_jaxpr",
+    "sub_jaxprs",
+    "without_refs",
+]
 
 # Primitives that call a jaxpr once with the same inputs and outputs: transparent to values.
 CALL_PRIMITIVES = frozenset(
-    {"jit", "pjit", "closed_call", "core_call", "call", "remat2", "checkpoint", "remat"}
+    {"jit", "pjit", "closed_call", "core_call", "call", "remat2", "checkpoint", "remat",
+     "remat_opt"}
+)
+
+
+# Primitives of mutable references (``jax.new_ref``, ``ref[...] = v``, ``run_state``).
+REF_PRIMITIVES = frozenset(
+    {"new_ref", "empty_ref", "free_ref", "freeze", "get", "swap", "addupdate", "run_state",
+     "accum_grad_in_ref"}
 )
 
 
@@ -39,7 +60,7 @@ def sub_jaxprs(eqn: JaxprEqn) -> list[ClosedJaxpr | Jaxpr]:
 def body_of_call(eqn: JaxprEqn) -> tuple[Jaxpr, list[Any]] | None:
     """``(body, consts)`` of a call-like equation (``jit``, ``custom_jvp_call``, ...), else None."""
     params = eqn.params
-    body = params.get("jaxpr", params.get("call_jaxpr"))
+    body = params.get("jaxpr", params.get("call_jaxpr", params.get("fwd_jaxpr")))
     if body is None or not isinstance(body, (ClosedJaxpr, Jaxpr)):
         return None
     return open_jaxpr(body)
@@ -51,3 +72,21 @@ def all_eqns(jaxpr: ClosedJaxpr | Jaxpr) -> Iterator[JaxprEqn]:
         yield eqn
         for sub in sub_jaxprs(eqn):
             yield from all_eqns(sub)
+
+
+def without_refs(closed: ClosedJaxpr) -> ClosedJaxpr:
+    """``closed`` with its mutable references discharged into plain values, if it has any.
+
+    A program that creates ``jax.new_ref``s and reads and writes them is rewritten (by JAX's own
+    state discharge, a program transformation, not differentiation) into one that threads the
+    values through instead: reads become slices, writes become updates. Its gradient is then
+    the gradient of ordinary primitives, which is what ``jax.grad`` computes too.
+    """
+    if not any(eqn.primitive.name in REF_PRIMITIVES for eqn in all_eqns(closed)):
+        return closed
+    if discharge_state is None:
+        raise NotImplementedError(
+            "this JAX has no jax._src.state.discharge.discharge_state, which funcgrad uses to "
+            "differentiate programs with mutable references (jax.new_ref); please report it"
+        )
+    return discharge_state(closed)

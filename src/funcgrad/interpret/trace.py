@@ -25,6 +25,7 @@ import numpy as np
 from jax import dtypes
 from jax.extend.core import DropVar, Jaxpr, JaxprEqn, Literal, Var
 
+from funcgrad.interpret.errors import enclosing, failures_named
 from funcgrad.interpret.registry import lookup_higher_order, lookup_vjp
 from funcgrad.interpret.shortcuts import current_shortcuts
 from funcgrad.interpret.tagging import tag_p
@@ -32,6 +33,7 @@ from funcgrad.interpret.tagging import tag_p
 __all__ = [
     "Trace",
     "active_vars",
+    "bind_eqn",
     "cotangent_of",
     "evaluate",
     "is_differentiable",
@@ -65,6 +67,13 @@ def placeholder(v: Var) -> jax.ShapeDtypeStruct:
     rejects it) instead of computing with made-up numbers.
     """
     return jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype)
+
+
+def _zeros_of(stand_in: jax.ShapeDtypeStruct) -> Any:
+    """Zeros of a :func:`placeholder`'s shape and dtype (float0 zeros stay on the host)."""
+    if stand_in.dtype == dtypes.float0:
+        return np.zeros(stand_in.shape, dtypes.float0)
+    return jax.lax.full(stand_in.shape, 0, stand_in.dtype)
 
 
 def read(env: dict[Var, Any], v: Any) -> Any:
@@ -240,7 +249,8 @@ def _record_with_leaves(record: Any, leaves: list[Any]) -> Any:
     return tuple(out) if isinstance(record, tuple) else out
 
 
-def _bind(eqn: JaxprEqn, invals: list[Any]) -> list[Any]:
+def bind_eqn(eqn: JaxprEqn, invals: list[Any]) -> list[Any]:
+    """``eqn``'s primitive applied to ``invals`` (as ``jax.core.eval_jaxpr`` does): its outputs."""
     out = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
     return list(out) if eqn.primitive.multiple_results else [out]
 
@@ -326,11 +336,12 @@ def evaluate(
         in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
         rule = shortcuts.higher_order_rule(eqn.primitive.name)
         if rule is not None:
-            outvals, out_active, record = rule.forward(eqn, invals, in_active)
+            with enclosing(eqn), failures_named(eqn, "forward evaluation"):
+                outvals, out_active, record = rule.forward(eqn, invals, in_active)
             if record is not None:
                 records[i] = record
         else:
-            outvals = _bind(eqn, invals)
+            outvals = bind_eqn(eqn, invals)
             out_active = [any(in_active)] * len(eqn.outvars)
         for v, x, a in zip(eqn.outvars, outvals, out_active):
             if isinstance(v, DropVar):
@@ -367,12 +378,16 @@ def _evaluate_linear(
             continue
         invals = [v.val if isinstance(v, Literal) else values[v] for v in eqn.invars]
         if rule is not None:
+            # A higher-order equation on tangents (a jit inside a custom JVP rule, say) is
+            # evaluated for its residuals: on zero tangents, which it is linear in.
+            invals = [_zeros_of(x) if isinstance(x, jax.ShapeDtypeStruct) else x for x in invals]
             in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
-            outvals, _, record = rule.forward(eqn, invals, in_active)
+            with enclosing(eqn), failures_named(eqn, "forward evaluation"):
+                outvals, _, record = rule.forward(eqn, invals, in_active)
             if record is not None:
                 records[i] = record
         else:
-            outvals = _bind(eqn, invals)
+            outvals = bind_eqn(eqn, invals)
         for v, x in zip(eqn.outvars, outvals):
             if not isinstance(v, DropVar):
                 values[v] = x

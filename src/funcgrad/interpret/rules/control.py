@@ -12,16 +12,19 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import dtypes, lax
 from jax.extend.core import ClosedJaxpr, Literal
 from jax.interpreters import ad as jax_ad
 
 from funcgrad.interpret.backward import backward, instantiate
+from funcgrad.interpret.errors import NotDifferentiableError
 from funcgrad.interpret.jaxprs import body_of_call, open_jaxpr
 from funcgrad.interpret.registry import higher_order_rule
 from funcgrad.interpret.trace import (
     Trace,
+    bind_eqn,
     evaluate,
     is_differentiable,
     jaxpr_activity,
@@ -47,9 +50,13 @@ def _tangent_dtype(aval: Any) -> Any:
     return aval.dtype if is_differentiable(aval) else dtypes.float0
 
 
-@higher_order_rule("jit", "closed_call", "call")
+@higher_order_rule("jit", "closed_call", "call", "remat_opt")
 class CallVjp:
-    """A call is transparent: d call(f)(x) = d f(x). Evaluated inline, its trace kept."""
+    """A call is transparent: d call(f)(x) = d f(x). Evaluated inline, its trace kept.
+
+    ``remat_opt`` (inside a ``jax.custom_vjp(..., optimize_remat=True)`` forward) is a call of
+    its ``fwd_jaxpr``, differentiated as that jaxpr, as JAX does.
+    """
 
     def forward(self, eqn, invals, active):
         jaxpr, consts = body_of_call(eqn)
@@ -88,9 +95,17 @@ class CustomJvpVjp:
     tangents, so its VJP with respect to the tangents, primals held fixed, is the transpose of the
     custom rule: exactly what ``jax.grad`` uses. Differentiating the body instead would give
     ``relu'(0) = 0.5`` (from ``max``) where JAX's rule says 0.
+
+    On concrete values the body is evaluated inline, so ``fg.trace`` shows what is inside. Under
+    a trace (``jax.jit``, ``jax.vmap``, an outer ``fg.grad``) the primitive itself is bound
+    again, so that whatever differentiates this program next also uses the custom rule: the
+    second derivative of a straight-through estimator is the derivative of its rule, not of its
+    body.
     """
 
     def forward(self, eqn, invals, active):
+        if _is_traced(invals):
+            return bind_eqn(eqn, invals), self.outputs_active(eqn, active), None
         jaxpr, consts = open_jaxpr(eqn.params["call_jaxpr"])
         sub = evaluate(jaxpr, consts, invals, active)
         return sub.outputs, _outputs_active(sub), sub
@@ -111,6 +126,47 @@ class CustomJvpVjp:
         in_cts = _transpose_jvp(closed, list(jvp_consts), list(primals), tangent_cts)
         tangent_in_cts = iter(in_cts)
         return [None] * nc + [None if zero else next(tangent_in_cts) for zero in zero_flags]
+
+
+@higher_order_rule("linear_call")
+class LinearCallVjp:
+    """``linear_call(f, f_t, res, lin)``: f is linear in ``lin`` and ``f_t`` is its transpose.
+
+    d lin = f_t(res, ct), bound as another ``linear_call`` (whose transpose is f again), so a
+    second derivative works too. The residuals get no cotangent: JAX refuses to differentiate
+    them, and so does funcgrad.
+    """
+
+    def forward(self, eqn, invals, active):
+        n_fixed = eqn.params["num_callee_consts"] + eqn.params["num_res"]
+        if any(active[:n_fixed]):
+            raise NotDifferentiableError(
+                "linear_call is linear in its linear arguments only: funcgrad, like jax.grad, "
+                "cannot differentiate it with respect to its residual arguments"
+            )
+        return bind_eqn(eqn, invals), self.outputs_active(eqn, active), None
+
+    def outputs_active(self, eqn, active):
+        return [any(active) and is_differentiable(v.aval) for v in eqn.outvars]
+
+    def backward(self, eqn, invals, record, cts, needs):
+        params = eqn.params
+        nc, nr = params["num_callee_consts"], params["num_res"]
+        transpose, t_consts = params["transpose_thunk"]()
+        residuals = invals[nc : nc + nr]
+        ct_avals = transpose.in_avals[len(t_consts) + nr :]
+        dense = [instantiate(ct, aval) for ct, aval in zip(cts, ct_avals)]
+        callee, consts = params["callee"], invals[:nc]
+        in_cts = eqn.primitive.bind(
+            *t_consts,
+            *residuals,
+            *dense,
+            callee=transpose,
+            transpose_thunk=lambda: (callee, consts),
+            num_callee_consts=len(t_consts),
+            num_res=nr,
+        )
+        return [None] * (nc + nr) + list(in_cts)
 
 
 class _CustomVjpRecord:
@@ -136,9 +192,10 @@ class CustomVjpVjp:
         params = eqn.params
         nc = params["num_consts"]
         if any(active[:nc]):
-            raise TypeError(
+            raise NotDifferentiableError(
                 "a jax.custom_vjp function closes over a value that is being differentiated; "
-                "pass that value as an explicit argument instead (JAX refuses this too)"
+                "pass that value as an explicit argument instead (JAX refuses this too: its "
+                "custom VJP rule says nothing about closed-over values)"
             )
         primals = invals[nc:]
         if not any(active):
@@ -153,7 +210,11 @@ class CustomVjpVjp:
         num_res_out = res_tree.num_leaves - sum(f is not None for f in input_fwds)
         res_out, primal_outs = outs[:num_res_out], outs[num_res_out:]
         res_iter = iter(res_out)
-        residuals = [next(res_iter) if f is None else primals[f] for f in input_fwds]
+        # input_fwds index every input, closed-over constants included
+        residuals = [next(res_iter) if f is None else invals[f] for f in input_fwds]
+        # bwd is user code that may index a residual with a traced index: give it jax arrays,
+        # as JAX does, not the NumPy constants a jaxpr may carry
+        residuals = [jnp.asarray(r) if isinstance(r, np.ndarray) else r for r in residuals]
         out_active = [is_differentiable(v.aval) for v in eqn.outvars]
         return primal_outs, out_active, _CustomVjpRecord(sub, residuals)
 
@@ -381,7 +442,7 @@ class WhileVjp:
         return [any(active) and is_differentiable(v.aval) for v in eqn.outvars]
 
     def backward(self, eqn, invals, record, cts, needs):
-        raise ValueError(
+        raise NotDifferentiableError(
             "Reverse-mode differentiation does not work for lax.while_loop or lax.fori_loop with "
             "dynamic start/stop values. Try using lax.scan, or using fori_loop with static "
             "start/stop (funcgrad refuses exactly where jax.grad does)."

@@ -22,6 +22,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 from jax import dtypes, lax
+from jax.experimental.layout import with_layout_constraint
 from jax.extend.core import primitives as prims
 
 from funcgrad.interpret.registry import vjp_rule, zero_vjp
@@ -436,6 +437,32 @@ def conj_vjp(ct, x, *, input_dtype=None):  # conj is linear: its transpose is co
 @vjp_rule(lax.copy_p, reads=())
 def copy_vjp(ct, x):  # a copy is the identity
     return (ct,)
+
+
+@vjp_rule("name", "stage", reads=())
+def identity_vjp(ct, x, **params):
+    """``checkpoint_name`` and ``lax.stage`` are the identity on values: d id(x) = dx."""
+    return (ct,)
+
+
+@vjp_rule("tie", reads=())
+def tie_vjp(ct, x, y):
+    """tie(x, y) = y, with x only ordering the computation: y gets ct, x nothing."""
+    return (None, ct)
+
+
+@vjp_rule("layout_constraint", reads=())
+def layout_constraint_vjp(ct, x, *, layout):
+    """A layout hint, the identity on values: the cotangent gets the same layout, as in JAX."""
+    return (with_layout_constraint(ct, layout),)
+
+
+@vjp_rule("reshard")
+def reshard_vjp(ct, x, *, dst_sharding, concrete_mesh):
+    """``jax.sharding.reshard`` moves x to ``dst_sharding``; its cotangent moves back to x's."""
+    source = jax.typeof(x).sharding
+    with jax.sharding.use_abstract_mesh(source.mesh):
+        return (jax.sharding.reshard(ct, source),)
 
 
 @vjp_rule(lax.reduce_precision_p)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 from jax import lax
 
+from funcgrad.interpret.errors import NotDifferentiableError
 from funcgrad.interpret.registry import higher_order_rule, vjp_rule
 from funcgrad.interpret.rules._common import zeros
 
@@ -153,7 +154,7 @@ def scatter_mul_vjp(
         )
     if needs[2]:
         if not unique_indices:
-            raise NotImplementedError(
+            raise NotDifferentiableError(
                 "funcgrad, like jax.grad, differentiates scatter-mul with respect to its updates "
                 "only when unique_indices=True (x.at[i].multiply(u, unique_indices=True)); with "
                 "repeated indices d/du would be a product of the other updates"
@@ -176,7 +177,7 @@ def scatter_vjp(
     credited where gathering the scattered ids back returns its own id.
     """
     if update_jaxpr is not None:
-        raise NotImplementedError("funcgrad, like jax.grad, cannot differentiate scatter_apply")
+        raise NotDifferentiableError("funcgrad, like jax.grad, cannot differentiate scatter_apply")
     if unique_indices:
         grad_x = grad_updates = None
         if needs[0]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from jax.extend.core import primitives as prims
 
+from funcgrad.interpret.errors import NotDifferentiableError
 from funcgrad.interpret.registry import vjp_rule, zero_vjp
 
 # comparisons (the ``*_to`` forms compare totally ordered floats, NaNs included)
@@ -75,4 +76,17 @@ zero_vjp(
 )
 
 # effects without outputs, and uninitialised buffers (cond residuals in jax.grad jaxprs)
-zero_vjp("debug_print", "debug_callback", prims.empty2_p)
+zero_vjp("debug_print", "debug_callback", "inspect_sharding", "dce_sink", prims.empty2_p)
+
+
+# ---- refused, as jax.grad refuses: a callback is opaque code, with no derivative to transpose
+
+
+@vjp_rule("pure_callback", "io_callback", "ffi_call")
+def callback_vjp(ct, *args, **params):
+    """No rule can be written: the callback's derivative is unknown (wrap it in custom_jvp/vjp)."""
+    raise NotDifferentiableError(
+        "Pure callbacks, IO callbacks and FFI calls cannot be differentiated (jax.grad refuses "
+        "them too): funcgrad cannot see inside the code they call. Wrap the call in "
+        "jax.custom_jvp or jax.custom_vjp with its derivative, or stop the gradient before it."
+    )
