@@ -17,9 +17,9 @@ from jax.extend.core import DropVar, Primitive
 import funcgrad as fg
 from funcgrad.interpret import api
 from funcgrad.interpret.backward import backward
-from funcgrad.interpret.errors import RuleError
 from funcgrad.interpret.eager import EAGER, padded
 from funcgrad.interpret.eager.compiled_rules import compiled_rule
+from funcgrad.interpret.errors import RuleError
 from funcgrad.interpret.registry import _VJP_RULES, lookup_vjp, vjp_rule
 
 X = jax.random.normal(jax.random.PRNGKey(0), (4, 6))

@@ -30,7 +30,11 @@ def _traced(tree: Any) -> bool:
 
 
 def _stand_in(x: Any) -> jax.ShapeDtypeStruct:
-    return x if isinstance(x, jax.ShapeDtypeStruct) else jax.ShapeDtypeStruct(x.shape, x.dtype)
+    """Shape and dtype of an array, a literal or a stand-in already."""
+    if isinstance(x, jax.ShapeDtypeStruct):
+        return x
+    aval = jax.typeof(x)
+    return jax.ShapeDtypeStruct(aval.shape, aval.dtype)
 
 
 def compiled_rule(spec: RuleSpec) -> RuleSpec:
