@@ -89,6 +89,34 @@ def assert_vjp_matches(f, *primals, ct=None, rtol=None, atol=None):
     assert_trees_close(fg_pull(ct), jax_pull(ct), rtol, atol, "fg.vjp cotangent")
 
 
+def assert_vjps_match_jit(cases: list[tuple[str, Callable, tuple]]) -> None:
+    """For each ``(label, f, primals)``: fg.vjp(f) equals jax.vjp(f) for a random cotangent.
+
+    All cases are computed in one jitted program (one compilation instead of one per case).
+    """
+    rng = np.random.default_rng(0)
+    cts = []
+    for _, f, primals in cases:
+        out = jax.eval_shape(f, *primals)
+        cts.append(jnp.asarray(rng.standard_normal(out.shape), out.dtype))
+
+    @jax.jit
+    def both(primals, cts):
+        return [
+            (fg.vjp(f, *p)[1](ct), jax.vjp(f, *p)[1](ct))
+            for (_, f, _), p, ct in zip(cases, primals, cts)
+        ]
+
+    results = both([p for _, _, p in cases], cts)
+    for (label, _, _), (got, want) in zip(cases, results):
+        assert_trees_close(got, want, what=f"jit(fg.vjp) [{label}]")
+
+
+def assert_vjp_matches_jit(f: Callable, *primals: Any) -> None:
+    """fg.vjp(f) equals jax.vjp(f), both computed in one jitted program, for a random cotangent."""
+    assert_vjps_match_jit([("", f, primals)])
+
+
 # ---- building test cases for rule families ---------------------------------------------------
 def randn(seed: int, *shape: int, dtype=np.float32) -> jax.Array:
     """Standard normal values from a fixed seed."""
