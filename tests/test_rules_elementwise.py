@@ -17,17 +17,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import lax
-from jax.extend.core import ClosedJaxpr, Jaxpr
-
-import funcgrad as fg
-from tests.gradcheck import (
+from gradcheck import (
     assert_grads_match,
     assert_trees_close,
     assert_vjp_matches,
     assert_vjp_matches_jit,
     assert_vjps_match_jit,
 )
+from jax import lax
+from jax.extend.core import ClosedJaxpr, Jaxpr
+
+import funcgrad as fg
 
 HIGHEST = lax.AccuracyMode.HIGHEST
 
