@@ -50,22 +50,24 @@ def assert_trees_close(got: Any, want: Any, rtol: float | None = None, atol: flo
 
 
 def assert_grads_match(f, *args, argnums=0, eager: bool = True, jit: bool = True, rtol=None,
-                       atol=None, **kwargs):
+                       atol=None, reference: Callable | None = None, **kwargs):
     """fg.grad(f) equals jax.grad(f) on args: eagerly, and jitted against jitted.
 
     Each engine is compared in the same mode: XLA may round a fused, compiled program
     differently from the op-by-op one (bf16 products, for instance), and eager jax.grad of some
-    ops (cumulative scans, convolutions) is slow. Returns funcgrad's gradient.
+    ops (cumulative scans, convolutions) is slow. ``reference`` (default ``f``) is the function
+    jax.grad differentiates. Returns funcgrad's gradient.
     """
     if not (eager or jit):
         raise ValueError("assert_grads_match needs eager=True, jit=True or both")
+    reference = f if reference is None else reference
     got = None
     if eager:
-        want = jax.grad(f, argnums)(*args, **kwargs)
+        want = jax.grad(reference, argnums)(*args, **kwargs)
         got = fg.grad(f, argnums)(*args, **kwargs)
         assert_trees_close(got, want, rtol, atol, "fg.grad")
     if jit:
-        want_jit = jax.jit(jax.grad(f, argnums))(*args, **kwargs)
+        want_jit = jax.jit(jax.grad(reference, argnums))(*args, **kwargs)
         got_jit = jax.jit(fg.grad(f, argnums))(*args, **kwargs)
         assert_trees_close(got_jit, want_jit, rtol, atol, "jit(fg.grad)")
         got = got_jit if got is None else got
@@ -182,13 +184,22 @@ def assert_exactly(got: Any, want: Any) -> None:
 
 @dataclass
 class Case:
-    """User code reaching one primitive, with inputs built lazily (under x64 for float64 runs)."""
+    """User code reaching one primitive, with inputs built lazily (under x64 for float64 runs).
+
+    ``eager=False``: compare under jit only. Op-by-op jax.grad compiles one small XLA program per
+    operation and shape, which takes seconds for a cumulative scan or a convolution; such cases are
+    checked eagerly by a few representatives only.
+    ``reference``: for a primitive jax.grad cannot differentiate, the same function written with
+    primitives it can; ``check`` compares fg.grad(f) with jax.grad(reference).
+    """
 
     id: str
     primitive: str
     f: Callable
     make_args: Callable[[], tuple]
     argnums: int | tuple[int, ...] = 0
+    eager: bool = True
+    reference: Callable | None = None
 
     def args(self, dtype=np.float32) -> tuple:
         return tuple(
@@ -199,8 +210,16 @@ class Case:
 
 def check(case: Case, dtype=np.float32, eager: bool = True, jit: bool = False,
           integer_weights: bool = False) -> None:
-    """The case reaches its primitive, and fg.grad equals jax.grad on a weighted sum of it."""
+    """The case reaches its primitive, and fg.grad equals jax.grad on a weighted sum of it.
+
+    With a ``case.reference``, jax.grad differentiates the reference, after checking that it
+    computes the same values.
+    """
     args = case.args(dtype)
     assert_uses(case.primitive, case.f, *args)
+    reference = None
+    if case.reference is not None:
+        assert_trees_close(case.f(*args), case.reference(*args), what="reference value")
+        reference = weighted_sum(case.reference, integer_weights)
     assert_grads_match(weighted_sum(case.f, integer_weights), *args, argnums=case.argnums,
-                       eager=eager, jit=jit)
+                       eager=eager, jit=jit, reference=reference)

@@ -3,19 +3,22 @@
 Convolutions are checked in every configuration the primitive has: strides, explicit and
 asymmetric and negative padding, lhs dilation (transposed convolution), rhs dilation (atrous),
 feature groups (grouped and depthwise), batch groups, NCHW/NHWC/odd layouts, 1-D and 3-D,
-precision and preferred_element_type. Then a small conv net (with its max-pool; the pooling rules
-are test_rules_window.py's): its gradient, vmap, hessians and fg.grad(fg.grad(...)).
+precision and preferred_element_type: the CASES, which test_rules_table.py checks. Then a small
+conv net (with its max-pool; the pooling rules are test_rules_window.py's): its gradient, vmap,
+hessians and fg.grad(fg.grad(...)).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from gradcheck import (
+    Case,
     assert_exactly,
     assert_grads_match,
     assert_trees_close,
@@ -105,18 +108,14 @@ def conv_args(name: str, dtype=np.float32) -> tuple:
     return randn(1, *lhs, dtype=dtype), randn(2, *rhs, dtype=dtype)
 
 
-@pytest.mark.parametrize("name", CONV_CASES)
-def test_conv_matches_jax(name):
-    f = conv_fn(CONV_CASES[name][2])
-    args = conv_args(name)
-    assert_uses("conv_general_dilated", f, *args)
-    assert_grads_match(weighted_sum(f), *args, argnums=(0, 1), eager=False)
-
-
-@pytest.mark.parametrize("name", ["all-dilations-strided", "depthwise", "batch-groups-2"])
-def test_conv_matches_jax_eagerly(name):
-    assert_grads_match(weighted_sum(conv_fn(CONV_CASES[name][2])), *conv_args(name),
-                       argnums=(0, 1), eager=True)
+# Eager jax.grad of a convolution takes a second or more; the table (test_rules_table.py) checks
+# these three eagerly and under jit, the others under jit only.
+EAGER = {"all-dilations-strided", "depthwise", "batch-groups-2"}
+CASES = [
+    Case(name, "conv_general_dilated", conv_fn(kwargs), partial(conv_args, name), argnums=(0, 1),
+         eager=name in EAGER)
+    for name, (_, _, kwargs) in CONV_CASES.items()
+]
 
 
 @pytest.mark.parametrize("name", ["nchw-same-stride2", "feature-groups-dilated",

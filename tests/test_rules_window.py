@@ -5,7 +5,8 @@ Pooling is checked with ties (small-integer inputs and cotangents, so the compar
 each window's cotangent goes to its *first* maximal element, as XLA's select-and-scatter does for
 jax.grad. select_and_scatter_add and select_and_gather_add appear in jax.grad and jax.jvp programs
 of a max-pool, and in funcgrad's own backward pass for large windows; fg.grad differentiates them.
-Second order: hessians of max- and average-pooling.
+Second order: hessians of max- and average-pooling. CASES holds user code reaching each
+primitive; test_rules_table.py checks them all against jax.grad.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from gradcheck import (
+    Case,
     assert_exactly,
     assert_grads_match,
     assert_trees_close,
@@ -63,6 +65,63 @@ WINDOW_PARAMS = [(r, n) for r in REDUCERS for n in WINDOW_CASES] + [
 ]
 
 
+# ---- the cases: user code reaching each primitive ------------------------------------------
+def generic_window_case(reducer: str) -> Case:
+    """A non-identity init gives the generic reduce_window. jax.grad cannot differentiate it, so
+    the reference is the same function written as op(init, identity-initialised window reduce)."""
+    identity, op = REDUCERS[reducer]
+    dims, strides, padding, base = (3, 2), (2, 1), ((1, 2), (0, 1)), (1, 2)
+
+    def f(x, init):
+        return lax.reduce_window(x, init, op, dims, strides, padding, base)
+
+    def reference(x, init):
+        return op(lax.reduce_window(x, identity, op, dims, strides, padding, base), init)
+
+    return Case(f"reduce_window-{reducer}-with-init", "reduce_window", f,
+                lambda: (randn(17, 7, 6), jnp.float32(0.3)), argnums=(0, 1), reference=reference)
+
+
+GENERIC = {reducer: generic_window_case(reducer) for reducer in REDUCERS}
+
+
+def max_pool_3x3(x):
+    return lax.reduce_window(x, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "SAME")
+
+
+POOL_CT = randn(32, 2, 3, 3, 2)  # a cotangent of max_pool_3x3 on (2, 6, 6, 2)
+
+# The table (test_rules_table.py) checks every case against jax.grad; eager=False where op-by-op
+# jax.grad of the pooling takes seconds.
+CASES = [
+    Case("max_pool-2", "reduce_window_max", lambda x: layers.max_pool(x, impl="xla") ** 2,
+         lambda: (randn(16, 2, 8, 8, 3),)),
+    Case("max_pool-3-stride2-same", "reduce_window_max",
+         lambda x: layers.max_pool(x, 3, 2, "SAME") ** 2, lambda: (randn(16, 2, 8, 8, 3),),
+         eager=False),
+    Case("min-asymmetric-padding", "reduce_window_min",
+         window_fn("min", WINDOW_CASES["asymmetric-padding"]), lambda: (randn(33, 2, 7, 6),),
+         eager=False),
+    Case("avg_pool-2", "reduce_window_sum", lambda x: layers.avg_pool(x) ** 2,
+         lambda: (randn(16, 2, 8, 8, 3),)),
+    Case("avg_pool-3-stride2-same", "reduce_window_sum",
+         lambda x: layers.avg_pool(x, 3, 2, "SAME") ** 2, lambda: (randn(16, 2, 8, 8, 3),),
+         eager=False),
+    Case("sum-base-dilation", "reduce_window_sum", window_fn("sum", WINDOW_CASES["base-dilation"]),
+         lambda: (randn(34, 2, 5, 6),)),
+    *GENERIC.values(),
+    # jax.grad of a max-pool scatters with select_and_scatter_add, its jvp gathers with
+    # select_and_gather_add: fg.grad differentiates JAX's own derivative programs
+    Case("jax.grad(max_pool)", "select_and_scatter_add",
+         lambda s, x: jax.grad(lambda x: jnp.sum(max_pool_3x3(x * s) * POOL_CT))(x),
+         lambda: (jnp.float32(1.5), randn(35, 2, 6, 6, 2)), argnums=(0, 1), eager=False),
+    Case("jax.jvp(max_pool)", "select_and_gather_add",
+         lambda x, t: jax.jvp(max_pool_3x3, (x,), (t,))[1],
+         lambda: (randn(36, 2, 6, 6, 2), randn(37, 2, 6, 6, 2)), argnums=(0, 1), eager=False),
+]
+
+
+# ---- pooling: ties, NaNs, float64 ----------------------------------------------------------
 @pytest.mark.parametrize("reducer,name", WINDOW_PARAMS, ids=[f"{r}-{n}" for r, n in WINDOW_PARAMS])
 def test_pooling_with_ties_matches_jax_exactly(reducer, name):
     """Small-integer inputs (ties in most windows) and cotangents: the routing must be JAX's."""
@@ -129,36 +188,13 @@ def test_max_pool_first_max_wins():
     assert_exactly(got[0, :, :, 0], np.array([[1.0, 0.0], [0.0, 0.0]], np.float32))
 
 
-@pytest.mark.parametrize("pool,eager", [
-    (lambda x: layers.max_pool(x, impl="xla"), True),
-    (lambda x: layers.max_pool(x, 3, 2, "SAME"), False),
-    (lambda x: layers.avg_pool(x), True),
-    (lambda x: layers.avg_pool(x, 3, 2, "SAME"), False),
-], ids=["max_pool-2", "max_pool-3-stride2-same", "avg_pool-2", "avg_pool-3-stride2-same"])
-def test_model_pooling_layers(pool, eager):
-    x = randn(16, 2, 8, 8, 3)
-    assert_grads_match(lambda x: jnp.sum(pool(x) ** 2), x, eager=eager)
-
-
 # ---- the generic reduce_window, select_and_scatter_add, select_and_gather_add --------------
-@pytest.mark.parametrize("reducer", ["sum", "max", "min"])
-def test_generic_reduce_window_with_an_init(reducer):
-    """A non-identity init gives the generic primitive; JAX cannot differentiate it, so the
-    reference is the same function written as op(init, identity-initialised window reduce)."""
-    identity, op = REDUCERS[reducer]
-    dims, strides, padding, base = (3, 2), (2, 1), ((1, 2), (0, 1)), (1, 2)
-
-    def f(x, init):
-        return lax.reduce_window(x, init, op, dims, strides, padding, base)
-
-    def reference(x, init):
-        return op(lax.reduce_window(x, identity, op, dims, strides, padding, base), init)
-
-    x, init = randn(17, 7, 6), jnp.float32(0.3)
-    assert_uses("reduce_window", f, x, init)
-    np.testing.assert_allclose(f(x, init), reference(x, init), rtol=1e-6, atol=1e-6)
-    got = jax.jit(fg.grad(weighted_sum(f), (0, 1)))(x, init)
-    assert_trees_close(got, jax.jit(jax.grad(weighted_sum(reference), (0, 1)))(x, init))
+@pytest.mark.parametrize("reducer", GENERIC)
+def test_generic_reduce_window_reference_is_the_same_function(reducer):
+    """The reference its Case's gradient is compared with computes the same values."""
+    case = GENERIC[reducer]
+    x, init = case.args()
+    np.testing.assert_allclose(case.f(x, init), case.reference(x, init), rtol=1e-6, atol=1e-6)
 
 
 def test_generic_reduce_window_other_computations_raise():
@@ -271,7 +307,7 @@ def test_large_windows_use_select_and_scatter(reducer):
     assert_exactly(jax.jit(fg.grad(second))(1.5), jax.jit(jax.grad(second_jax))(1.5))
 
 
-# ---- second order ----------------------------------------------------------------------------
+# ---- second order --------------------------------------------------------------------------
 HESSIANS = {
     "max-pool": (lambda x: jnp.sum(layers.max_pool(x * x, 2, 1, "SAME") * x),
                  lambda: randn(28, 1, 3, 3, 1)),
