@@ -44,22 +44,24 @@ def assert_trees_close(got: Any, want: Any, rtol: float | None = None, atol: flo
 
 
 def assert_grads_match(f, *args, argnums=0, eager: bool = True, jit: bool = True, rtol=None,
-                       atol=None, **kwargs):
+                       atol=None, reference: Callable | None = None, **kwargs):
     """fg.grad(f) equals jax.grad(f) on args: eagerly, and jitted against jitted.
 
     Each engine is compared in the same mode: XLA may round a fused, compiled program
     differently from the op-by-op one (bf16 products, for instance), and eager jax.grad of some
-    ops (cumulative scans, convolutions) is slow. Returns funcgrad's gradient.
+    ops (cumulative scans, convolutions) is slow. ``reference`` (default ``f``) is the function
+    jax.grad differentiates. Returns funcgrad's gradient.
     """
     if not (eager or jit):
         raise ValueError("assert_grads_match needs eager=True, jit=True or both")
+    reference = f if reference is None else reference
     got = None
     if eager:
-        want = jax.grad(f, argnums)(*args, **kwargs)
+        want = jax.grad(reference, argnums)(*args, **kwargs)
         got = fg.grad(f, argnums)(*args, **kwargs)
         assert_trees_close(got, want, rtol, atol, "fg.grad")
     if jit:
-        want_jit = jax.jit(jax.grad(f, argnums))(*args, **kwargs)
+        want_jit = jax.jit(jax.grad(reference, argnums))(*args, **kwargs)
         got_jit = jax.jit(fg.grad(f, argnums))(*args, **kwargs)
         assert_trees_close(got_jit, want_jit, rtol, atol, "jit(fg.grad)")
         got = got_jit if got is None else got
@@ -81,6 +83,34 @@ def assert_vjp_matches(f, *primals, ct=None, rtol=None, atol=None):
     fg_out, fg_pull = fg.vjp(f, *primals)
     assert_trees_close(fg_out, out, rtol, atol, "fg.vjp output")
     assert_trees_close(fg_pull(ct), jax_pull(ct), rtol, atol, "fg.vjp cotangent")
+
+
+def assert_vjps_match_jit(cases: list[tuple[str, Callable, tuple]]) -> None:
+    """For each ``(label, f, primals)``: fg.vjp(f) equals jax.vjp(f) for a random cotangent.
+
+    All cases are computed in one jitted program (one compilation instead of one per case).
+    """
+    rng = np.random.default_rng(0)
+    cts = []
+    for _, f, primals in cases:
+        out = jax.eval_shape(f, *primals)
+        cts.append(jnp.asarray(rng.standard_normal(out.shape), out.dtype))
+
+    @jax.jit
+    def both(primals, cts):
+        return [
+            (fg.vjp(f, *p)[1](ct), jax.vjp(f, *p)[1](ct))
+            for (_, f, _), p, ct in zip(cases, primals, cts)
+        ]
+
+    results = both([p for _, _, p in cases], cts)
+    for (label, _, _), (got, want) in zip(cases, results):
+        assert_trees_close(got, want, what=f"jit(fg.vjp) [{label}]")
+
+
+def assert_vjp_matches_jit(f: Callable, *primals: Any) -> None:
+    """fg.vjp(f) equals jax.vjp(f), both computed in one jitted program, for a random cotangent."""
+    assert_vjps_match_jit([("", f, primals)])
 
 
 # ---- building test cases for rule families ---------------------------------------------------
@@ -136,13 +166,22 @@ def assert_exactly(got: Any, want: Any) -> None:
 
 @dataclass
 class Case:
-    """User code reaching one primitive, with inputs built lazily (under x64 for float64 runs)."""
+    """User code reaching one primitive, with inputs built lazily (under x64 for float64 runs).
+
+    ``eager=False``: compare under jit only. Op-by-op jax.grad compiles one small XLA program per
+    operation and shape, which takes seconds for a cumulative scan or a convolution; such cases are
+    checked eagerly by a few representatives only.
+    ``reference``: for a primitive jax.grad cannot differentiate, the same function written with
+    primitives it can; ``check`` compares fg.grad(f) with jax.grad(reference).
+    """
 
     id: str
     primitive: str
     f: Callable
     make_args: Callable[[], tuple]
     argnums: int | tuple[int, ...] = 0
+    eager: bool = True
+    reference: Callable | None = None
 
     def args(self, dtype=np.float32) -> tuple:
         return tuple(
@@ -153,8 +192,16 @@ class Case:
 
 def check(case: Case, dtype=np.float32, eager: bool = True, jit: bool = False,
           integer_weights: bool = False) -> None:
-    """The case reaches its primitive, and fg.grad equals jax.grad on a weighted sum of it."""
+    """The case reaches its primitive, and fg.grad equals jax.grad on a weighted sum of it.
+
+    With a ``case.reference``, jax.grad differentiates the reference, after checking that it
+    computes the same values.
+    """
     args = case.args(dtype)
     assert_uses(case.primitive, case.f, *args)
+    reference = None
+    if case.reference is not None:
+        assert_trees_close(case.f(*args), case.reference(*args), what="reference value")
+        reference = weighted_sum(case.reference, integer_weights)
     assert_grads_match(weighted_sum(case.f, integer_weights), *args, argnums=case.argnums,
-                       eager=eager, jit=jit)
+                       eager=eager, jit=jit, reference=reference)

@@ -1,61 +1,43 @@
-"""Elementwise and non-differentiable VJP rules, held against jax.grad / jax.vjp.
+"""Elementwise VJP rules, held against jax.grad / jax.vjp.
 
 Each primitive is exercised through the lax op that binds it (``lax.add`` on (2,3) and (1,3)
 shapes broadcasts implicitly; ``jnp`` would insert an explicit ``broadcast_in_dim``), over scalars,
 zero-size arrays, float32 and float64, and at the kinks and ties where JAX picks a convention.
 
-Eager runs compile one small XLA program per new (primitive, shape, dtype), which dominates the
-time on CPU; the per-primitive array checks therefore run funcgrad and JAX side by side under one
-``jax.jit`` (``assert_vjp_matches_jit``), and the eager path is covered by the scalar, float64,
-kink and composite tests.
+CASES holds one or more cases per primitive on float32 (2, 3) inputs, which test_rules_table.py
+checks against jax.grad, eagerly and under jit. Eager runs compile one small XLA program per new
+(primitive, shape, dtype), which dominates the time on CPU; the float64 and multi-shape checks here
+therefore run funcgrad and JAX side by side under one ``jax.jit`` (``assert_vjps_match_jit``), and
+the eager path is also covered by the scalar, float64, kink and composite tests. Comparisons,
+bitwise and PRNG ops (no cotangent flows through them) are test_rules_nondiff.py's.
 """
 
 from __future__ import annotations
+
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from gradcheck import (
+    Case,
+    assert_grads_match,
+    assert_trees_close,
+    assert_vjp_matches,
+    assert_vjp_matches_jit,
+    assert_vjps_match_jit,
+)
 from jax import lax
 from jax.extend.core import ClosedJaxpr, Jaxpr
-from jax.extend.random import threefry_2x32
 
 import funcgrad as fg
-from tests.gradcheck import assert_grads_match, assert_trees_close, assert_vjp_matches
 
 HIGHEST = lax.AccuracyMode.HIGHEST
 
 
 def _uniform(shape, lo, hi, dtype=np.float32, seed=0):
     return jnp.asarray(np.random.default_rng(seed).uniform(lo, hi, shape), dtype)
-
-
-def assert_vjps_match_jit(cases):
-    """For each ``(label, f, primals)``: fg.vjp(f) equals jax.vjp(f) for a random cotangent.
-
-    All cases are computed in one jitted program (one compilation instead of one per case).
-    """
-    rng = np.random.default_rng(0)
-    cts = []
-    for _, f, primals in cases:
-        out = jax.eval_shape(f, *primals)
-        cts.append(jnp.asarray(rng.standard_normal(out.shape), out.dtype))
-
-    @jax.jit
-    def both(primals, cts):
-        return [
-            (fg.vjp(f, *p)[1](ct), jax.vjp(f, *p)[1](ct))
-            for (_, f, _), p, ct in zip(cases, primals, cts)
-        ]
-
-    results = both([p for _, _, p in cases], cts)
-    for (label, _, _), (got, want) in zip(cases, results):
-        assert_trees_close(got, want, what=f"jit(fg.vjp) [{label}]")
-
-
-def assert_vjp_matches_jit(f, *primals):
-    """fg.vjp(f) equals jax.vjp(f), both computed in one jitted program, for a random cotangent."""
-    assert_vjps_match_jit([("", f, primals)])
 
 
 # name -> (function of one array, (low, high) of a domain where it is smooth and well-conditioned)
@@ -117,12 +99,10 @@ def _unary_input(name, shape, dtype=np.float32):
 
 
 @pytest.mark.parametrize("name", sorted(UNARY))
-def test_unary(name):
-    f = UNARY[name][0]
+def test_unary_float64(name):
+    """The float32 (2, 3) case of each is in CASES, which test_rules_table.py checks."""
     with jax.enable_x64(True):
-        assert_vjps_match_jit(
-            [(dt.__name__, f, (_unary_input(name, (2, 3), dt),)) for dt in (np.float32, np.float64)]
-        )
+        assert_vjp_matches_jit(UNARY[name][0], _unary_input(name, (2, 3), np.float64))
 
 
 @pytest.mark.parametrize("name", sorted(UNARY))
@@ -252,14 +232,6 @@ def test_nextafter_refuses_like_jax():
         fg.grad(f, (0, 1))(x, y)
 
 
-def test_grad_of_a_jax_grad_program_uses_add_any():
-    def f(x):
-        return jnp.sum(jax.grad(lambda x: jnp.sum(jnp.sin(x) * x * x))(x))
-
-    assert "add_any" in str(jax.make_jaxpr(f)(jnp.ones(3)))
-    assert_grads_match(f, jnp.linspace(-1.0, 1.0, 3), jit=False)
-
-
 @pytest.mark.parametrize(
     "shapes", [((2, 3), (2, 3)), ((2, 3), (1, 3)), ((), (4,))], ids=lambda s: f"{s[0]}&{s[1]}"
 )
@@ -295,14 +267,14 @@ def test_pow_exponent_grad_at_zero_base():
     np.testing.assert_array_equal(got[:2], np.float32([0.0, 0.0]))
 
 
-def test_polygamma():
+def test_polygamma_refuses_the_order_like_jax():
+    """d/dx polygamma(m, x) is a CASES entry; d/dm is undefined and both refuse it."""
     x = _uniform((2, 3), 0.5, 3)
     m = jnp.array([[1.0, 2.0, 3.0]])
 
     def f(m, x):
         return jnp.sum(lax.polygamma(m, x))
 
-    assert_grads_match(f, m, x, argnums=1, jit=False)
     with pytest.raises(ValueError, match="order m"):
         fg.grad(f)(m, x)
     with pytest.raises(ValueError):
@@ -371,14 +343,6 @@ def test_select_n_single_case_and_zero_size():
     assert_vjp_matches(lambda x: lax.select_n(jnp.int32(0), x), _uniform((3,), -1, 1))
     e = jnp.zeros((2, 0, 3))
     assert_vjp_matches(lambda a, b: lax.select_n(jnp.zeros((2, 0, 3), bool), a, b), e, e)
-
-
-def test_select_n_jit_which_from_data():
-    # which computed from the differentiated value itself: cotangents go to the cases only
-    def f(x):
-        return jnp.sum(jnp.where(x > 0, x * x, jnp.sin(x)))
-
-    assert_grads_match(f, _uniform((5,), -1, 1))
 
 
 # ---- kinks and ties (JAXPR_NOTES §2.2): funcgrad must put the same values there, NaN included ---
@@ -463,143 +427,83 @@ def test_complex_vjp_complex_inputs():
     assert_vjp_matches(lambda x: lax.conj(x) * jnp.complex64(1 + 2j), _uniform((3,), -1, 1))
 
 
-# ---- identity-like: copy, placement, layout and scheduling hints --------------------------------
+# ---- the cases: user code reaching each primitive ------------------------------------------------
+def primitive_of(name: str) -> str:
+    """The primitive a UNARY or BINARY entry reaches: its name without a variant suffix."""
+    return "complex" if name == "complex_abs" else re.sub(r"_(negative|even|-?\d+)$", "", name)
 
 
-def test_device_put():
+def device_put_pair(x, y):
     dev = jax.devices()[0]
-
-    def f(x, y):
-        return jnp.sum(jnp.sin(jax.device_put(x, dev)) * jax.device_put(y))
-
-    def g(x):  # several arrays in one device_put; the integer one gets no cotangent
-        a, b, n = jax.device_put((x, 2 * x, jnp.arange(4)), dev)
-        return jnp.sum((a + b + n) * x)
-
-    x, y = _uniform((4,), -1, 1), _uniform((4,), -1, 1, seed=1)
-    assert_grads_match(f, x, y, argnums=(0, 1))
-    assert_grads_match(g, x)
+    return jnp.sin(jax.device_put(x, dev)) * jax.device_put(y)
 
 
-def test_sharding_constraint():
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-
-    def f(x):
-        return jnp.sum(lax.with_sharding_constraint(jnp.tanh(x), sharding) ** 2)
-
-    assert_grads_match(f, _uniform((2, 3), -1, 1))
+def device_put_tuple(x):  # several arrays in one device_put; the integer one gets no cotangent
+    a, b, n = jax.device_put((x, 2 * x, jnp.arange(4)), jax.devices()[0])
+    return (a + b + n) * x
 
 
-def test_optimization_barrier():
-    def f(x, y):
-        a, b, n = lax.optimization_barrier((jnp.sin(x), x * y, jnp.arange(3)))
-        return jnp.sum(a * b) + jnp.sum(n) * jnp.sum(y)
-
-    x, y = _uniform((3,), -1, 1), _uniform((3,), -1, 1, seed=3)
-    assert_grads_match(f, x, y, argnums=(0, 1))
-    backward = jax.make_jaxpr(fg.grad(f))(x, y)
-    assert "optimization_barrier" in {e.primitive.name for e in backward.jaxpr.eqns[1:]}
+def barrier(x, y):
+    a, b, n = lax.optimization_barrier((jnp.sin(x), x * y, jnp.arange(3)))
+    return a * b + jnp.sum(n) * y
 
 
-def test_debug_effects_pass_through(capsys):
-    def f(x):
-        y = jnp.sin(x)
-        jax.debug.print("y={y}", y=y)
-        jax.debug.callback(lambda v: None, y)
-        return jnp.sum(y * y)
+CLAMP_LO = jnp.array([0.0, 0.5, -2.0, 0.5, 0.9, 3.0, 0.8])
+CLAMP_HI = jnp.array([1.0, 0.2, 2.0, 0.6, 1.0, 4.0, 0.75])  # lo > hi in two places
+SHARDING = jax.sharding.SingleDeviceSharding(jax.devices()[0])
 
-    x = _uniform((3,), -1, 1)
-    np.testing.assert_allclose(fg.grad(f)(x), jax.grad(f)(x), rtol=1e-6)
-    assert "y=" in capsys.readouterr().out
-
-
-# ---- non-differentiable primitives: the gradient flows around them, as in jax.grad ---------------
-
-
-def _dropout(x):
-    return x * jax.random.bernoulli(jax.random.PRNGKey(0), 0.5, x.shape) / 0.5
-
-
-NONDIFF = {
-    "comparisons": lambda x: (
-        x * ((x > 0) & (x >= 0.1) | (x < -0.5) ^ (x <= -0.7) | (x == 0.3) | ~(x != 0.2))
-    ),
-    "total_order_compare": lambda x: x * lax.lt_to_p.bind(x, jnp.full_like(x, 0.1)),
-    "argmax_onehot": lambda x: x * jax.nn.one_hot(jnp.argmax(x) + jnp.argmin(x), 6),
-    "is_finite": lambda x: jnp.where(jnp.isfinite(1.0 / x), x * x, 0.0),
-    "any_all": lambda x: x * jnp.any(x > 0.5) * jnp.all(x > -2.0),
-    "bitwise": lambda x: (
-        x
-        * (
-            lax.population_count(lax.clz(lax.convert_element_type(x * 10, jnp.int32)))
-            + lax.shift_left(1, 2)
-            + lax.shift_right_arithmetic(-8, 1)
-            + lax.reduce_xor_p.bind(jnp.arange(4) > 1, axes=(0,))
-        )
-    ),
-    "bitcast": lambda x: (
-        x
-        * lax.bitcast_convert_type(
-            lax.shift_right_logical(lax.bitcast_convert_type(x, jnp.uint32), jnp.uint32(1)),
-            jnp.float32,
-        )
-    ),
-    "dropout_prngkey": _dropout,
-    "typed_key_split_fold_in": lambda x: (
-        x
-        * jax.random.uniform(jax.random.fold_in(jax.random.split(jax.random.key(1))[0], 3), x.shape)
-    ),
-    "key_wrap_unwrap": lambda x: (
-        x
-        * jax.random.normal(
-            jax.random.wrap_key_data(jax.random.key_data(jax.random.key(2))), x.shape
-        )
-    ),
-    "rng_bit_generator": lambda x: (
-        x * lax.rng_bit_generator(jnp.zeros(4, jnp.uint32), x.shape)[1].astype(jnp.float32)
-    ),
-    "threefry": lambda x: (
-        x
-        * threefry_2x32(jnp.zeros(2, jnp.uint32), jnp.arange(6, dtype=jnp.uint32)).astype(
-            jnp.float32
-        )
-    ),
-    "iota": lambda x: x * lax.iota(jnp.float32, 6),
-    "stop_gradient_log_softmax": lambda x: jax.nn.log_softmax(x) * jnp.arange(6.0),
-}
-
-
-@pytest.mark.parametrize("name", sorted(NONDIFF))
-def test_nondiff(name):
-    assert_vjp_matches_jit(NONDIFF[name], _uniform((6,), -1, 1))
-
-
-def test_nondiff_eager():
-    f = NONDIFF["comparisons"]
-    assert_grads_match(lambda x: jnp.sum(f(x)), _uniform((6,), -1, 1), jit=False)
-
-
-def test_bitcast_between_floats_is_zero():
-    # a float-valued bitcast of a differentiated input: JAX defines the derivative as zero
-    def f(x):
-        return jnp.sum(lax.bitcast_convert_type(x, jnp.bfloat16).astype(jnp.float32) + x)
-
-    assert_grads_match(f, _uniform((3,), -1, 1).astype(jnp.float16))
-
-
-NONDIFF_NAMES = [
-    *("eq", "ne", "lt", "le", "gt", "ge", "eq_to", "lt_to", "le_to"),
-    *("and", "or", "not", "xor", "population_count", "clz", "shift_left", "shift_right_logical"),
-    *("shift_right_arithmetic", "reduce_and", "reduce_or", "reduce_xor", "iota", "argmax"),
-    *("argmin", "random_bits", "random_seed", "random_wrap", "random_unwrap", "random_fold_in"),
-    *("random_split", "threefry2x32", "rng_bit_generator", "bitcast_convert_type"),
-    *("debug_print", "debug_callback", "floor", "ceil", "round", "sign", "is_finite"),
-    *("stop_gradient",),
+# Every elementwise primitive on float32 (2, 3) inputs, binary ones broadcasting (2, 3) with (1, 3);
+# test_rules_table.py checks each against jax.grad, eagerly and under jit.
+CASES = [
+    *(Case(name, primitive_of(name), f, lambda name=name: (_unary_input(name, (2, 3)),))
+      for name, (f, _) in UNARY.items()),
+    *(Case(f"{name} (2,3)&(1,3)", primitive_of(name), op,
+           lambda name=name: _binary_inputs(name, (2, 3), (1, 3)), argnums=(0, 1))
+      for name, (op, _, _) in BINARY.items()),
+    Case("jax.grad inside", "add_any", jax.grad(lambda x: jnp.sum(jnp.sin(x) * x * x)),
+         lambda: (_uniform((2, 3), -1, 1),)),
+    Case("polygamma", "polygamma", lambda m, x: lax.polygamma(m, x),
+         lambda: (jnp.array([[1.0, 2.0, 3.0]]), _uniform((2, 3), 0.5, 3)), argnums=1),
+    Case("clamp array bounds", "clamp", lax.clamp, lambda: (CLAMP_LO, CLAMP_X, CLAMP_HI),
+         argnums=(0, 1, 2)),
+    Case("where(x > 0, x * x, sin x)", "select_n", lambda x: jnp.where(x > 0, x * x, jnp.sin(x)),
+         lambda: (_uniform((5,), -1, 1),)),
+    Case("select_n int32 three cases", "select_n",
+         lambda a, b, c: lax.select_n(jnp.array([[0, 1, 2], [2, 2, 0]], jnp.int32), a, b, c),
+         lambda: tuple(_uniform((2, 3), -1, 1, seed=s) for s in (7, 8, 9)), argnums=(0, 1, 2)),
+    Case("is_finite", "is_finite", lambda x: jnp.where(jnp.isfinite(1.0 / x), x * x, 0.0),
+         lambda: (_uniform((6,), -1, 1),)),
+    Case("log_softmax (stop_gradient)", "stop_gradient",
+         lambda x: jax.nn.log_softmax(x) * jnp.arange(6.0), lambda: (_uniform((6,), -1, 1),)),
+    Case("real(exp(complex))", "real", lambda x, y: lax.real(lax.exp(lax.complex(x, y))),
+         lambda: (_uniform((2, 3), -1, 1, seed=10), _uniform((1, 3), -1, 1, seed=11)),
+         argnums=(0, 1)),
+    Case("imag(sin(complex))", "imag", lambda x, y: lax.imag(lax.sin(lax.complex(x, y))),
+         lambda: (_uniform((2, 3), -1, 1, seed=10), _uniform((1, 3), -1, 1, seed=11)),
+         argnums=(0, 1)),
+    Case("conj", "conj",
+         lambda x, y: lax.real(lax.conj(lax.complex(x, y)) * lax.complex(y, x * x)),
+         lambda: (_uniform((2, 3), -1, 1, seed=10), _uniform((1, 3), -1, 1, seed=11)),
+         argnums=(0, 1)),
+    Case("device_put", "device_put", device_put_pair,
+         lambda: (_uniform((4,), -1, 1), _uniform((4,), -1, 1, seed=1)), argnums=(0, 1)),
+    Case("device_put tuple with an int", "device_put", device_put_tuple,
+         lambda: (_uniform((4,), -1, 1),)),
+    Case("with_sharding_constraint", "sharding_constraint",
+         lambda x: lax.with_sharding_constraint(jnp.tanh(x), SHARDING) ** 2,
+         lambda: (_uniform((2, 3), -1, 1),)),
+    Case("optimization_barrier", "optimization_barrier", barrier,
+         lambda: (_uniform((3,), -1, 1), _uniform((3,), -1, 1, seed=3)), argnums=(0, 1)),
 ]
 
 
-def test_nondiff_primitives_registered():
-    assert set(NONDIFF_NAMES) <= fg.supported_primitives()
+# ---- identity-like: copy, placement, layout and scheduling hints --------------------------------
+
+
+def test_optimization_barrier_stays_in_the_backward_pass():
+    x, y = _uniform((3,), -1, 1), _uniform((3,), -1, 1, seed=3)
+    backward = jax.make_jaxpr(fg.grad(lambda x, y: jnp.sum(barrier(x, y))))(x, y)
+    assert "optimization_barrier" in {e.primitive.name for e in backward.jaxpr.eqns[1:]}
 
 
 # ---- jit, vmap, second order, closure -----------------------------------------------------------

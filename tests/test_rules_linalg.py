@@ -4,19 +4,17 @@ Vectors, matrix-vector, matmul, batched and multi-batch matmuls, several contrac
 contracting dims out of order, outer products, zero-size contractions, float64, and mixed
 precision (bf16 operands with ``preferred_element_type=float32``, and an f32 product rounded to
 bf16), written as ``jnp.einsum``/``@``/``jnp.dot``/``lax.dot_general`` and checked to reach
-``dot_general``.
+``dot_general``. The contraction layouts are CASES, which test_rules_table.py checks.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from gradcheck import (
-    all_eqns,
+    Case,
     assert_grads_match,
     assert_trees_close,
     randn,
@@ -25,13 +23,6 @@ from gradcheck import (
 from jax import lax
 
 import funcgrad as fg
-
-
-def dot_generals(f: Callable, *args) -> list:
-    """The dimension_numbers of every dot_general in f's jaxpr (sub-jaxprs included)."""
-    eqns = all_eqns(jax.make_jaxpr(f)(*args).jaxpr)
-    return [e.params["dimension_numbers"] for e in eqns if e.primitive.name == "dot_general"]
-
 
 EINSUMS = [
     ("i,i->", (5,), (5,)),
@@ -53,25 +44,6 @@ EINSUMS = [
     ("bi,bi->b", (3, 4), (3, 4)),
 ]
 
-
-@pytest.mark.parametrize("spec,a_shape,b_shape", EINSUMS, ids=[e[0] for e in EINSUMS])
-def test_einsum(spec, a_shape, b_shape):
-    a, b = randn(1, *a_shape), randn(2, *b_shape)
-
-    def f(a, b):
-        return jnp.einsum(spec, a, b)
-
-    assert dot_generals(f, a, b), "expected a dot_general"
-    assert_grads_match(weighted_sum(f), a, b, argnums=(0, 1), jit=False)
-
-
-@pytest.mark.parametrize("spec", ["bij,bkj->bki", "abcd,cdbe->ae", "jbi,bjk->kbi"])
-def test_einsum_under_jit(spec):
-    _, a_shape, b_shape = next(e for e in EINSUMS if e[0] == spec)
-    a, b = randn(3, *a_shape), randn(4, *b_shape)
-    assert_grads_match(weighted_sum(lambda a, b: jnp.einsum(spec, a, b)), a, b, argnums=(0, 1))
-
-
 DOT_GENERAL_NUMBERS = [
     # (lhs shape, rhs shape, ((lhs contracting, rhs contracting), (lhs batch, rhs batch)))
     ((3, 4), (4, 5), (((1,), (0,)), ((), ()))),
@@ -84,12 +56,18 @@ DOT_GENERAL_NUMBERS = [
 ]
 
 
-@pytest.mark.parametrize("lhs,rhs,dims", DOT_GENERAL_NUMBERS,
-                         ids=[str(d) for _, _, d in DOT_GENERAL_NUMBERS])
-def test_dot_general_dimension_numbers(lhs, rhs, dims):
-    a, b = randn(5, *lhs), randn(6, *rhs)
-    f = weighted_sum(lambda a, b: lax.dot_general(a, b, dims))
-    assert_grads_match(f, a, b, argnums=(0, 1), jit=False)
+def einsum_case(spec: str, a_shape: tuple, b_shape: tuple) -> Case:
+    return Case(f"einsum {spec}", "dot_general", lambda a, b: jnp.einsum(spec, a, b),
+                lambda: (randn(1, *a_shape), randn(2, *b_shape)), argnums=(0, 1))
+
+
+def dot_general_case(lhs: tuple, rhs: tuple, dims: tuple) -> Case:
+    return Case(f"dot_general {dims}", "dot_general", lambda a, b: lax.dot_general(a, b, dims),
+                lambda: (randn(5, *lhs), randn(6, *rhs)), argnums=(0, 1))
+
+
+# the table (test_rules_table.py) checks every case against jax.grad, eagerly and under jit
+CASES = [einsum_case(*e) for e in EINSUMS] + [dot_general_case(*d) for d in DOT_GENERAL_NUMBERS]
 
 
 def test_matmul_operators_and_one_sided_grads():

@@ -1,13 +1,16 @@
 """Reduction and cumulative-scan rules (reduce_sum/max/min/prod, cumsum, cumprod, cummax,
 cummin, cumlogsumexp) held against jax.grad.
 
-Each case is user code (``jnp.max``, ``jnp.cumprod``, ``lax.cummax``, ...) and names the primitive
-it must reach. The conventions JAX picks are tested exactly: reduce_max ties share the cotangent
-equally, a product with one or two zeros, cummax/cummin ties split the way JAX's associative-scan
-tree splits them (checked for every length 1..13), and the NaN/-inf behaviour of each rule.
+Each case of CASES is user code (``jnp.max``, ``jnp.cumprod``, ``lax.cummax``, ...) and names the
+primitive it must reach; test_rules_table.py checks them all against jax.grad. The conventions JAX
+picks are tested exactly: reduce_max ties share the cotangent equally, a product with one or two
+zeros, cummax/cummin ties split the way JAX's associative-scan tree splits them (checked for every
+length 1..13), and the NaN/-inf behaviour of each rule.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +29,6 @@ from jax import lax
 
 import funcgrad as fg
 
-# ---- helpers -------------------------------------------------------------------------------
 # ---- the cases -----------------------------------------------------------------------------
 CASES = [
     # reduce_sum
@@ -78,22 +80,12 @@ CASES = [
     Case("cumlogsumexp-wide-range", "cumlogsumexp", lambda x: lax.cumlogsumexp(x, 0),
          lambda: (jnp.array([-80.0, 0.0, 60.0, 59.0, -90.0, 60.5]),)),
 ]
-IDS = [c.id for c in CASES]
+# Eager jax.grad of a cumulative scan compiles dozens of small programs (seconds per case): the
+# table (test_rules_table.py) checks these cases eagerly and under jit, the others under jit only.
+EAGER = {"sum-axes", "max-ties", "prod-with-zeros", "cumsum-reverse", "cumprod-with-zeros",
+         "cummin-reverse", "cumlogsumexp"}
+CASES = [replace(case, eager=case.id in EAGER) for case in CASES]
 BY_ID = {c.id: c for c in CASES}
-
-
-@pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_rule_matches_jax(case):
-    check(case, eager=False, jit=True)
-
-
-EAGER = ["sum-axes", "max-ties", "prod-with-zeros", "cumsum-reverse", "cumprod-with-zeros",
-         "cummin-reverse", "cumlogsumexp"]
-
-
-@pytest.mark.parametrize("name", EAGER)
-def test_rule_matches_jax_eagerly(name):
-    check(BY_ID[name], eager=True, jit=True)
 
 
 FLOAT64 = ["sum-axes", "max-axes", "min-ties", "prod-axes", "prod-with-zeros", "cumsum",

@@ -1,0 +1,116 @@
+"""No rule untested: every primitive funcgrad has a VJP rule for is reached by a Case, and every
+Case is checked against jax.grad.
+
+Each rule family of src/funcgrad/interpret/rules/<family>.py has its test file
+tests/test_rules_<family>.py, which exposes ``CASES``: user code (jnp, lax, jax.nn, ...) reaching
+each primitive of the family. This file gathers them all and
+  - asserts that every name in ``fg.supported_primitives()`` is some Case's primitive;
+  - runs ``check`` on every Case in float32: the case reaches its primitive, and fg.grad equals
+    jax.grad on a weighted sum of its outputs with fixed random (non-uniform) weights, eagerly and
+    under jit (under jit only for the few cases marked ``eager=False``, whose op-by-op jax.grad
+    takes seconds).
+The family files keep what a table cannot say: ties, NaNs, zero sizes, float64, second order.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import pkgutil
+import re
+
+import jax.numpy as jnp
+import pytest
+import test_rules_control
+import test_rules_conv
+import test_rules_elementwise
+import test_rules_indexing
+import test_rules_linalg
+import test_rules_nondiff
+import test_rules_reduce
+import test_rules_shape
+import test_rules_window
+from gradcheck import Case, check, randn
+
+import funcgrad as fg
+from funcgrad.interpret import rules
+
+FAMILIES = {
+    "control": test_rules_control,
+    "conv": test_rules_conv,
+    "elementwise": test_rules_elementwise,
+    "indexing": test_rules_indexing,
+    "linalg": test_rules_linalg,
+    "nondiff": test_rules_nondiff,
+    "reduce": test_rules_reduce,
+    "shape": test_rules_shape,
+    "window": test_rules_window,
+}
+
+# funcgrad_tag's rule is registered beside Trace (interpret/tagging.py), not by a rule family.
+TAG_CASES = [
+    Case("fg.tag", "funcgrad_tag", lambda w, x: jnp.tanh(fg.tag(x @ w, "z")),
+         lambda: (randn(0, 3, 4), randn(1, 5, 3)), argnums=(0, 1)),
+]
+
+UNREACHABLE: dict[str, str] = {}
+"""Primitives with a rule but no Case: name -> why no user code reaches it with a float gradient,
+not even through a jax.grad or jax.linearize program. Empty: every rule is reached (``call``
+through jax.extend, ``empty2`` and ``closed_call`` through jax.grad programs)."""
+
+TABLE: list[tuple[str, Case]] = [
+    *((f"{family}/{case.id}", case) for family, module in FAMILIES.items()
+      for case in module.CASES),
+    *((f"tagging/{case.id}", case) for case in TAG_CASES),
+]
+
+
+@functools.cache
+def _family_registering(name: str) -> str | None:
+    """The rules module whose source names primitive ``name`` (as ``name_p`` or ``"name"``)."""
+    pattern = re.compile(rf"\b{re.escape(name.replace('-', '_'))}_p\b|\"{re.escape(name)}\"")
+    for module in pkgutil.iter_modules(rules.__path__):
+        source = inspect.getsource(getattr(rules, module.name))
+        if not module.name.startswith("_") and pattern.search(source):
+            return module.name
+    return None
+
+
+def test_every_rule_family_has_a_test_file_with_its_cases():
+    src_families = {m.name for m in pkgutil.iter_modules(rules.__path__)
+                    if not m.name.startswith("_")}
+    assert set(FAMILIES) == src_families, (
+        "each src/funcgrad/interpret/rules/<family>.py needs a tests/test_rules_<family>.py with "
+        "CASES, listed in FAMILIES here"
+    )
+    for family, module in FAMILIES.items():
+        ids = [case.id for case in module.CASES]
+        assert len(ids) == len(set(ids)), f"test_rules_{family}.py: duplicate Case ids"
+        elsewhere = [(case.id, case.primitive, _family_registering(case.primitive))
+                     for case in module.CASES if _family_registering(case.primitive) != family]
+        assert not elsewhere, (
+            f"test_rules_{family}.py has cases of other families' primitives (id, primitive, "
+            f"family): {elsewhere}"
+        )
+
+
+def test_every_supported_primitive_has_a_case():
+    supported = fg.supported_primitives()
+    covered = {case.primitive for _, case in TABLE}
+    missing = sorted(supported - covered - UNREACHABLE.keys())
+    where = {name: _family_registering(name) for name in missing}
+    assert not missing, "no Case reaches: " + ", ".join(
+        f"{name} (add one to CASES in tests/test_rules_{where[name]}.py)" if where[name]
+        else f"{name} (add one to CASES in the test_rules_<family>.py of the rules module that "
+             "registers it)"
+        for name in missing
+    ) + "; a primitive no user code can reach with a float gradient goes in UNREACHABLE, with why"
+    unknown = sorted(covered - supported)
+    assert not unknown, f"Cases name primitives funcgrad has no rule for: {unknown}"
+    stale = sorted(UNREACHABLE.keys() & covered | UNREACHABLE.keys() - supported)
+    assert not stale, f"UNREACHABLE lists primitives that have a Case or no rule: {stale}"
+
+
+@pytest.mark.parametrize("case", [case for _, case in TABLE], ids=[name for name, _ in TABLE])
+def test_case_matches_jax(case):
+    check(case, eager=case.eager, jit=True)
