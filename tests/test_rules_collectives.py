@@ -32,11 +32,66 @@ import numpy as np
 import pytest
 from gradcheck import Case, assert_grads_match, assert_trees_close, randn, weighted_sum
 from jax import lax
+from jax.interpreters import mlir
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import funcgrad as fg
 from funcgrad.interpret.rules.collectives import pbroadcast_vjp
+
+
+# ---- ragged_all_to_all, emulated on CPU ----------------------------------------------------------
+def ragged_all_to_all_emulated(operand, output, input_offsets, send_sizes, output_offsets,
+                               recv_sizes, *, axis_name, axis_index_groups):
+    """ragged_all_to_all as its JAX docstring defines it, built from all_gather and all_to_all.
+
+    XLA:CPU has no ragged-all-to-all, so this test module lowers the primitive to this function
+    on CPU (it matches the docstring's example, checked on 8 devices below). Output row m takes
+    row ``start_i + m - here_i`` of the sender of received slice i if here_i <= m < here_i +
+    recv_i, where here = all_to_all(output_offsets), and keeps ``output[m]`` otherwise.
+    """
+    del axis_index_groups
+    k = input_offsets.shape[0]
+    per_device = k // lax.psum(1, axis_name)
+    sent = lax.all_gather(operand, axis_name)  # (devices, N, ...)
+    starts = lax.all_gather(input_offsets, axis_name)  # (devices, K)
+    here = lax.all_to_all(output_offsets, axis_name, 0, 0, tiled=True)
+    i = jnp.arange(k)
+    sender = i // per_device
+    start = starts[sender, lax.axis_index(axis_name) * per_device + i % per_device]
+    m = jnp.arange(output.shape[0])[:, None]
+    match = (m >= here[None, :]) & (m < (here + recv_sizes)[None, :])
+    which = jnp.argmax(match, axis=1)
+    rows = jnp.clip(start[which] + m[:, 0] - here[which], 0, operand.shape[0] - 1)
+    hit = jnp.any(match, axis=1).reshape((-1,) + (1,) * (output.ndim - 1))
+    return jnp.where(hit, sent[sender[which], rows], output)
+
+
+mlir.register_lowering(
+    lax.ragged_all_to_all_p, mlir.lower_fun(ragged_all_to_all_emulated, multiple_results=False),
+    platform="cpu",
+)
+
+
+def ragged_tables(devices: int, per_device: int, seed: int,
+                  empty: bool = False) -> tuple[np.ndarray, ...]:
+    """Offsets and sizes of a consistent exchange, slices packed (some empty if ``empty``)."""
+    k = devices * per_device
+    sizes = np.random.default_rng(seed).integers(0 if empty else 1, 3, (devices, k))
+    send = sizes.astype(np.int32)
+    input_offsets = np.concatenate([np.zeros((devices, 1), np.int32),
+                                    np.cumsum(send, axis=1)[:, :-1]], axis=1).astype(np.int32)
+    recv = np.zeros_like(send)
+    output_offsets = np.zeros_like(send)
+    for dst in range(devices):
+        row = 0
+        for src in range(devices):
+            for j in range(per_device):
+                recv[dst, src * per_device + j] = send[src, dst * per_device + j]
+                output_offsets[src, dst * per_device + j] = row
+                row += send[src, dst * per_device + j]
+    return input_offsets, send, output_offsets, recv
+
 
 # ---- one device: CASES over a 1x1 mesh ---------------------------------------------------------
 MESH_1 = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("a", "b"))
@@ -92,6 +147,11 @@ CASES = [
     Case("axis_index", "axis_index",
          on_mesh_1(lambda x: x * (lax.axis_index("a") + 1).astype(x.dtype), AB, AB),
          lambda: (randn(10, 4, 3),)),
+    Case("ragged_all_to_all", "ragged_all_to_all",
+         on_mesh_1(lambda o, u: lax.ragged_all_to_all(
+             jnp.sin(o), u * 2, *(t[0] for t in ragged_tables(1, 3, seed=0)), axis_name="a"),
+             (P("a"), P("a")), P("a")),
+         lambda: (randn(18, 6, 2), randn(19, 7, 2)), argnums=(0, 1)),
     Case("reshard", "reshard", on_explicit_1(jnp.sin, AB, AB), lambda: (randn(11, 4, 3),)),
     Case("unreduced_psum", "unreduced_psum",
          on_explicit_1(lambda x: lax.psum(lax.pcast(x * x, "a", to="unreduced"), "a"), AB,
@@ -124,7 +184,7 @@ COLLECTIVES = {
     "shard_map", "psum", "psum_invariant", "pvary", "pmax", "pmin", "all_gather",
     "all_gather_invariant", "reduce_scatter", "all_to_all", "ppermute", "pbroadcast",
     "axis_index", "reshard", "vary_unreduced_cast_p", "reduced_vary_cast_p", "preduced",
-    "unreduced_psum", "all_gather_reduced", "unreduced_reduce_scatter",
+    "unreduced_psum", "all_gather_reduced", "unreduced_reduce_scatter", "ragged_all_to_all",
 }
 
 
@@ -244,7 +304,8 @@ class MeshCheck:
     order: int = 1
     dtype: Any = np.float32
     reference: Callable[[Any], Callable] | None = None
-    explicit: bool = False
+    explicit: bool = False  # a mesh of explicit axes (jax.make_mesh's default), set as context
+    in_context: bool = False  # the mesh set with jax.set_mesh (smap and explicit meshes need it)
 
 
 def _mesh(explicit: bool = False) -> Any:
@@ -450,6 +511,31 @@ def _dynamic_slice_of_invariant(mesh, dtype):
     return _loss(mesh, body, (AB, P()), AB), (_x(dtype, 8, 4), _x(dtype, 8, 2, seed=31))
 
 
+def _ragged(exchange: Callable, empty: bool) -> Callable:
+    """A ragged exchange over 'a' (4 devices, 2 slices each way): ``exchange`` is
+    lax.ragged_all_to_all, or the emulation written in jnp whose jax.grad is the reference."""
+
+    def loss(mesh):
+        tables = [jnp.asarray(t.reshape(-1)) for t in ragged_tables(4, 2, seed=3, empty=empty)]
+
+        def body(operand, output, *tables):
+            return exchange(jnp.sin(operand), output * 2, *tables, axis_name=("a",),
+                            axis_index_groups=None)
+
+        f = jax.shard_map(body, mesh=mesh, in_specs=(P("a"),) * 6, out_specs=P("a"))
+        return weighted_sum(lambda operand, output: f(operand, output, *tables))
+
+    return loss
+
+
+def _ragged_check(empty: bool) -> Callable:
+    def build(mesh, dtype):
+        args = (_x(dtype, 4 * 16, 3), _x(dtype, 4 * 17, 3, seed=31))
+        return _ragged(lax.ragged_all_to_all, empty)(mesh), args
+
+    return build
+
+
 def _cond(zero_branch: bool):
     def build(mesh, dtype):
         def body(x, w):
@@ -516,6 +602,36 @@ def _partial_manual(mesh, dtype):
                              out_specs=P(), axis_names={"a"})(x)
 
     return weighted_sum(f), (_x(dtype, 8, 4),)
+
+
+def _smap(mesh, dtype):
+    """jax.smap: a shard_map over one axis ('a', with 'b' left automatic), in_axes style."""
+    body = lambda x: lax.psum(jnp.sin(x), "a") * x  # noqa: E731
+    f = jax.smap(body, in_axes=0, out_axes=0, axis_name="a")
+    return weighted_sum(f), (_x(dtype, 8, 4),)
+
+
+def _vmap_of_shard_map(mesh, dtype):
+    """A shard_map'd function vmapped over a batch, then differentiated."""
+    f = jax.shard_map(lambda x: lax.psum(jnp.sin(x), "a"), mesh=mesh, in_specs=AB,
+                      out_specs=P(None, "b"))
+    return weighted_sum(jax.vmap(f)), (_x(dtype, 3, 8, 4),)
+
+
+def _vmap_of_grad(mesh) -> str | None:
+    """vmap(fg.grad(f)) of a shard_map'd f, batched over either argument, eager and jitted."""
+    loss, (x, w) = _psum_a(mesh, np.float32)
+    xs, ws = jnp.stack([x, 2 * x, -x]), randn(41, 3)
+    cases = [((None, 0), (x, ws), 1), ((0, None), (xs, w), 0)]
+    for in_axes, args, argnum in cases:
+        for wrap in (lambda g: g, jax.jit):
+            want = wrap(jax.vmap(jax.grad(loss, argnum), in_axes=in_axes))(*args)
+            got = wrap(jax.vmap(fg.grad(loss, argnum), in_axes=in_axes))(*args)
+            try:
+                assert_trees_close(got, want)
+            except AssertionError as err:
+                return f"in_axes={in_axes}: {err}"
+    return None
 
 
 def _explicit(mesh, dtype):
@@ -589,8 +705,17 @@ def _checks() -> dict[str, MeshCheck]:
     add("pmap", _pmap)
     add("nested-shard_map", _nested, reference=_flat_reference, eager=False)
     add("partial-manual-axes", _partial_manual, eager=False, second=False)
+    add("smap", _smap, in_context=True)
+    add("vmap-of-shard_map", _vmap_of_shard_map, eager=False, second=False)
     add("explicit-mesh", _explicit, argnums=(0, 1), explicit=True)
     add("reduced-unreduced", _unreduced, explicit=True)
+    # JAX's own transpose of ragged_all_to_all zeroes the wrong rows of the output's cotangent
+    # when slices are empty (it counts starts and ends with a cumsum that goes negative), so
+    # the reference is jax.grad of the exchange written in jnp; without empty slices, JAX's.
+    add("ragged_all_to_all", _ragged_check(empty=True), argnums=(0, 1), eager=False,
+        reference=_ragged(ragged_all_to_all_emulated, empty=True))
+    add("ragged_all_to_all-no-empty-slices", _ragged_check(empty=False), argnums=(0, 1),
+        eager=False, second=False)
     checks["dynamic_slice-of-invariant[f32]"] = MeshCheck(
         _dynamic_slice_of_invariant, argnums=(0, 1), eager=False)
     return checks
@@ -625,7 +750,8 @@ def _run_check(check: MeshCheck) -> None:
     """Raises AssertionError (or JAX's error) if fg.grad differs from jax.grad."""
     with jax.enable_x64(check.dtype == np.float64):
         mesh = _mesh(check.explicit)
-        with jax.set_mesh(mesh) if check.explicit else contextlib.nullcontext():
+        context = check.explicit or check.in_context
+        with jax.set_mesh(mesh) if context else contextlib.nullcontext():
             loss, args = check.build(mesh, check.dtype)
             ref = loss if check.reference is None else check.reference(mesh)
             nums = check.argnums
@@ -649,6 +775,21 @@ def _collectives_of(program: Callable, *args: Any) -> Counter:
     return Counter(ops)
 
 
+def _ragged_docstring_example(mesh) -> str | None:
+    """The example of lax.ragged_all_to_all's docstring, over 'b' (2 devices), emulated."""
+    tables = [[[0, 1], [0, 1]], [[1, 2], [1, 1]], [[0, 0], [1, 2]], [[1, 1], [2, 1]]]
+    operand, output = jnp.array([[1, 2, 2], [3, 4, 0]], jnp.float32), jnp.zeros((2, 4))
+
+    def body(operand, output, *tables):
+        return lax.ragged_all_to_all(operand[0], output[0], *(t[0] for t in tables),
+                                     axis_name="b")[None]
+
+    f = jax.shard_map(body, mesh=mesh, in_specs=P("b"), out_specs=P("b"))
+    got = jax.jit(f)(operand, output, *(jnp.array(t, jnp.int32) for t in tables))
+    want = [[1, 3, 0, 0], [2, 2, 4, 0]]
+    return None if np.array_equal(np.asarray(got), want) else f"{got} != {want}"
+
+
 def _run_mesh_checks() -> None:
     """In the 8-device subprocess: run every check, print {name: error or None} as JSON."""
     assert len(jax.devices()) == 8, jax.devices()
@@ -660,6 +801,8 @@ def _run_mesh_checks() -> None:
         except Exception as err:  # reported per check by the parametrized test
             results[name] = f"{type(err).__name__}: {err}"[:3000]
     mesh = _mesh()
+    results["ragged_all_to_all-emulation-is-the-docstring's"] = _ragged_docstring_example(mesh)
+    results["vmap-of-grad"] = _vmap_of_grad(mesh)
     loss, args = _mlp(mesh, np.float32)
     nums = (0, 1, 2)
     ours = _collectives_of(fg.value_and_grad(loss, nums), *args)
@@ -695,7 +838,8 @@ def mesh_results() -> dict[str, str | None]:
 MESH_NAMES = [
     pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=KNOWN_FAILURES[name]))
     if name in KNOWN_FAILURES else name
-    for name in [*MESH_CHECKS, "compiled-collectives", "pmax-refused"]
+    for name in [*MESH_CHECKS, "compiled-collectives", "pmax-refused", "vmap-of-grad",
+                 "ragged_all_to_all-emulation-is-the-docstring's"]
 ]
 
 

@@ -227,6 +227,35 @@ def pbroadcast_vjp(ct, x, *, axis_name, source):
     return (select(is_source, total, zeros_like(total)),)
 
 
+@vjp_rule(lax.ragged_all_to_all_p, reads=(2, 3, 4, 5))
+def ragged_all_to_all_vjp(ct, operand, output, input_offsets, send_sizes, output_offsets,
+                          recv_sizes, *, axis_name, axis_index_groups, needs):
+    """ragged_all_to_all writes slices sent by other devices over rows of ``output``.
+
+    result = output with rows [here_i, here_i + recv_i) replaced by received slices, where
+    here = all_to_all(output_offsets) says where each received slice lands locally:
+    ct_output = ct with those rows zeroed, and ct_operand is the same exchange run backwards,
+    each receiver sending its rows' cotangents back to the sender's ``input_offsets``.
+    The offsets and sizes are integers: no cotangent.
+    """
+    here = lax.all_to_all(output_offsets, axis_name, 0, 0, tiled=True)
+    grad_operand = grad_output = None
+    if needs[0]:
+        there = lax.all_to_all(input_offsets, axis_name, 0, 0, tiled=True)
+        grad_operand = lax.ragged_all_to_all(
+            ct, lax.full_like(ct, 0, shape=np.shape(operand)), here, recv_sizes, there,
+            send_sizes, axis_name=axis_name, axis_index_groups=axis_index_groups,
+        )
+    if needs[1]:
+        rows = lax.broadcasted_iota(here.dtype, (ct.shape[0], here.shape[0]), 0)
+        starts = lax.broadcast_in_dim(here, rows.shape, (1,))
+        ends = lax.add(starts, lax.broadcast_in_dim(recv_sizes, rows.shape, (1,)))
+        covered = lax.reduce_or(lax.bitwise_and(lax.ge(rows, starts), lax.lt(rows, ends)), (1,))
+        covered = lax.broadcast_in_dim(covered, ct.shape, (0,))
+        grad_output = select(covered, zeros_like(ct), ct)
+    return (grad_operand, grad_output, None, None, None, None)
+
+
 # the device's position along a mesh axis is an integer: nothing flows into or out of it
 zero_vjp(lax.axis_index_p)
 
