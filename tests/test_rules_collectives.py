@@ -30,7 +30,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from gradcheck import Case, assert_grads_match, assert_trees_close, randn, weighted_sum
+from gradcheck import (
+    Case,
+    assert_grads_match,
+    assert_trees_close,
+    assert_vjp_matches,
+    randn,
+    weighted_sum,
+)
 from jax import lax
 from jax.interpreters import mlir
 from jax.sharding import NamedSharding
@@ -147,10 +154,10 @@ CASES = [
     Case("axis_index", "axis_index",
          on_mesh_1(lambda x: x * (lax.axis_index("a") + 1).astype(x.dtype), AB, AB),
          lambda: (randn(10, 4, 3),)),
-    Case("ragged_all_to_all", "ragged_all_to_all",
-         on_mesh_1(lambda o, u: lax.ragged_all_to_all(
+    Case("ragged_all_to_all", "ragged_all_to_all",  # jitted: eagerly, each emulation compiles
+         jax.jit(on_mesh_1(lambda o, u: lax.ragged_all_to_all(
              jnp.sin(o), u * 2, *(t[0] for t in ragged_tables(1, 3, seed=0)), axis_name="a"),
-             (P("a"), P("a")), P("a")),
+             (P("a"), P("a")), P("a"))),
          lambda: (randn(18, 6, 2), randn(19, 7, 2)), argnums=(0, 1)),
     Case("reshard", "reshard", on_explicit_1(jnp.sin, AB, AB), lambda: (randn(11, 4, 3),)),
     Case("unreduced_psum", "unreduced_psum",
@@ -220,6 +227,40 @@ def test_pmax_of_values_not_differentiated_is_fine():
 def test_pmax_of_a_stop_gradient_value():
     f = weighted_sum(on_mesh_1(lambda x: x / lax.pmax(lax.stop_gradient(jnp.abs(x)), "a"), AB, AB))
     assert_grads_match(f, randn(1, 4, 3) + 3.0)
+
+
+def test_vjp_and_trace_of_a_shard_map_with_several_outputs():
+    def f(x, w):
+        return lax.psum(jnp.sin(x) * w, "a"), x * 2, jnp.cos(w)
+
+    g = on_mesh_1(f, (AB, P()), (P(None, "b"), AB, P()))
+    x, w = randn(24, 4, 3), randn(25, 3)
+    assert_vjp_matches(g, x, w)
+    want = jax.grad(weighted_sum(g), (0, 1))(x, w)
+    for jit in (False, True):
+        tr = fg.trace(weighted_sum(g), x, w, argnums=(0, 1), jit=jit)
+        assert_trees_close(tr.grads, want, what=f"fg.trace(jit={jit})")
+
+
+def test_side_effects_in_the_body_run_once():
+    """The backward shard_map re-evaluates the body, but not its prints and callbacks.
+
+    Jitted only: JAX's eager shard_map (0.10.2) does not run debug callbacks at all.
+    """
+    calls = {"jax": 0, "fg": 0}
+
+    def loss(engine):
+        def body(x):
+            jax.debug.callback(lambda: calls.__setitem__(engine, calls[engine] + 1))
+            return lax.psum(jnp.sin(x), "a")
+
+        return lambda x: jnp.sum(on_mesh_1(body, AB, P(None, "b"))(x))
+
+    x = randn(26, 4, 3)
+    for engine, grad in (("jax", jax.grad), ("fg", fg.grad)):
+        jax.block_until_ready(jax.jit(grad(loss(engine)))(x))
+        jax.effects_barrier()
+    assert calls["fg"] == calls["jax"] == 1
 
 
 # ---- vmap with axis_name: collectives over a batch axis, no devices needed ---------------------

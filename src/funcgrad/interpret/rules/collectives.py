@@ -4,8 +4,10 @@
 whose body re-evaluates the forward body on each shard and runs funcgrad's backward pass there,
 as ``cond``'s rule re-evaluates the branch taken. Inputs enter it with their forward
 ``in_specs``, output cotangents with the ``out_specs``, and input cotangents leave with the
-``in_specs`` again, so ``jax.jit(fg.grad(f))`` is one program built of shard_maps, and the
-collectives in the body are transposed by the rules below, on each shard.
+``in_specs`` again, so ``jax.jit(fg.grad(f))`` is one program built of shard_maps, in which XLA
+merges the re-evaluated body with the forward one (the compiled program holds the same
+collectives as ``jax.grad``'s), and the collectives in the body are transposed by the rules
+below, on each shard. ``jax.pmap`` and ``jax.smap`` are shard_maps too.
 
 With ``check_vma=True`` (the default) every value inside carries the set of mesh axes it varies
 over (its ``vma``), and the body's jaxpr already holds an explicit ``pvary`` wherever an
@@ -19,9 +21,12 @@ input replicated over an axis sums its per-device cotangents over it.
 The collectives are linear, so each rule is the adjoint collective:
 ``psum <-> pvary`` (or ``psum`` itself without vma), ``all_gather <-> psum_scatter``,
 ``all_gather_invariant -> the shard's own slice``, ``all_to_all -> all_to_all`` with the split
-and concat axes swapped, ``ppermute -> ppermute`` by the inverse permutation, and
-``pbroadcast -> psum`` kept on the source device. ``axis_index`` is an integer: no cotangent.
-``pmax``/``pmin`` have no derivative in JAX, and funcgrad refuses them the same way.
+and concat axes swapped, ``ppermute -> ppermute`` by the inverse permutation,
+``pbroadcast -> psum`` kept on the source device, ``ragged_all_to_all`` -> the same exchange run
+backwards, and on explicit-sharding meshes the casts between varying, invariant, reduced and
+unreduced values into each other (``reshard`` moves a cotangent back to its input's sharding).
+``axis_index`` is an integer: no cotangent. ``pmax``/``pmin`` have no derivative in JAX, and
+funcgrad refuses them the same way.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from funcgrad.interpret.rules._common import const, select, zeros_like
 from funcgrad.interpret.shortcuts import PLAIN, using_shortcuts
 from funcgrad.interpret.trace import evaluate, jaxpr_activity
 
-__all__ = ["ShardMapVjp"]
+__all__ = ["ReshardVjp", "ShardMapVjp"]
 
 
 # ---- types: which mesh axes a value varies over ----------------------------------------------
@@ -386,6 +391,19 @@ def _replicas(params: dict[str, Any], spec: PartitionSpec) -> int:
     return math.prod(mesh.shape[n] for n in _unmentioned(params, spec))
 
 
+def _without_side_effects(jaxpr: Any) -> Any:
+    """``jaxpr`` without its output-free effects (``jax.debug.print``, ``debug.callback``).
+
+    The backward shard_map evaluates the body a second time; the values it needs do not depend
+    on those equations, and a user's print should appear once per call, as with ``jax.grad``.
+    """
+    eqns = [e for e in jaxpr.eqns if e.outvars or not e.effects]
+    if len(eqns) == len(jaxpr.eqns):
+        return jaxpr
+    effects = frozenset().union(*(e.effects for e in eqns))
+    return jaxpr.replace(eqns=eqns, effects=effects)
+
+
 def _per_shard_vjp(
     params: dict[str, Any], needs: Sequence[bool], ct_idx: Sequence[int]
 ) -> Callable[..., tuple[Any, ...]]:
@@ -396,7 +414,7 @@ def _per_shard_vjp(
     cotangent is split k ways) and an input replicated over k devices as used by each of them
     (their cotangents are summed): the same here.
     """
-    body, check_vma = params["jaxpr"], params["check_vma"]
+    body, check_vma = _without_side_effects(params["jaxpr"]), params["check_vma"]
     in_specs, out_specs = params["in_specs"], params["out_specs"]
     need_idx = [k for k, need in enumerate(needs) if need]
     n_in = len(body.invars)
