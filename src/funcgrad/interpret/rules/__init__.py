@@ -4,6 +4,7 @@ Each family module registers its rules with :mod:`funcgrad.interpret.registry` w
 """
 
 from funcgrad.interpret.rules import (  # noqa: F401  (imported for their registrations)
+    collectives,  # shard_map, psum, all_gather, ppermute, all_to_all, ...: one VJP per shard
     control,  # jit, custom_jvp/vjp, remat, cond, scan, while
     conv,  # conv_general_dilated
     elementwise,  # arithmetic, transcendental and identity-like functions
