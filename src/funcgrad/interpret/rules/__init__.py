@@ -6,6 +6,7 @@ Each family module registers its rules with :mod:`funcgrad.interpret.registry` w
 from funcgrad.interpret.rules import (  # noqa: F401  (imported for their registrations)
     control,  # jit, custom_jvp/vjp, remat, cond, scan, while
     conv,  # conv_general_dilated
+    decompositions,  # qr, eigh, eig, svd
     elementwise,  # arithmetic, transcendental and identity-like functions
     indexing,  # gather, scatter, dynamic slices, sort, top_k
     linalg,  # dot_general
