@@ -457,14 +457,6 @@ def layout_constraint_vjp(ct, x, *, layout):
     return (with_layout_constraint(ct, layout),)
 
 
-@vjp_rule("reshard")
-def reshard_vjp(ct, x, *, dst_sharding, concrete_mesh):
-    """``jax.sharding.reshard`` moves x to ``dst_sharding``; its cotangent moves back to x's."""
-    source = jax.typeof(x).sharding
-    with jax.sharding.use_abstract_mesh(source.mesh):
-        return (jax.sharding.reshard(ct, source),)
-
-
 @vjp_rule(lax.reduce_precision_p)
 def reduce_precision_vjp(ct, x, *, exponent_bits, mantissa_bits):
     """Linear in JAX's view: the cotangent is rounded to the same precision (JAX's transpose)."""
