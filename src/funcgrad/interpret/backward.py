@@ -65,8 +65,19 @@ def emitting_rule(eqn: Any) -> str | None:
 
 
 def zeros_like_aval(aval: Any) -> Any:
-    """A dense zero of ``aval``'s shape and dtype."""
-    return lax.full(aval.shape, 0, aval.dtype)
+    """A dense zero of ``aval``'s shape and dtype, varying over the same manual mesh axes.
+
+    Inside a ``shard_map`` body a value's type says which mesh axes it varies over; a zero
+    cotangent must say the same, or ``lax.scan``/``lax.cond`` reject the mismatched types.
+    """
+    zero = lax.full(aval.shape, 0, aval.dtype)
+    varying = getattr(getattr(aval, "mat", None), "varying", ())
+    if varying:
+        manual = jax.sharding.get_abstract_mesh().manual_axes
+        axes = tuple(a for a in varying if a in manual)
+        if axes:
+            zero = lax.pcast(zero, axes, to="varying")
+    return zero
 
 
 def instantiate(ct: Any, aval: Any) -> Any:

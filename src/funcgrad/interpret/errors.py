@@ -128,11 +128,13 @@ class UnsupportedPrimitiveError(NotImplementedError):
         )
 
 
-class NotDifferentiableError(ValueError, NotImplementedError):
+class NotDifferentiableError(ValueError, TypeError, NotImplementedError):
     """funcgrad refuses to differentiate this, as ``jax.grad`` does; the message says why.
 
-    Both a ``ValueError`` and a ``NotImplementedError``, the two kinds ``jax.grad`` raises
-    when it refuses (a ``while_loop`` with a dynamic trip count; ``scatter_apply``).
+    It is each kind of error ``jax.grad`` raises when it refuses, so that code catching JAX's
+    catches funcgrad's: a ``ValueError`` (a ``while_loop`` with a dynamic trip count, a
+    callback), a ``NotImplementedError`` (``pmax``, a partial eigendecomposition) and a
+    ``TypeError`` (a batch of pivoted QR decompositions).
     """
 
 

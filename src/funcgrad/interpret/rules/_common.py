@@ -22,6 +22,7 @@ __all__ = [
     "select",
     "unbroadcast",
     "zeros",
+    "zeros_as",
     "zeros_like",
 ]
 
@@ -45,6 +46,11 @@ def const(x: Any, value: Any) -> np.ndarray:
 def zeros(shape: Any, dtype: Any) -> Any:
     """A dense zero array of ``shape`` and ``dtype``."""
     return lax.full(shape, 0, dtype)
+
+
+def zeros_as(ct: Any, shape: Any) -> Any:
+    """Zeros of ``shape`` with ``ct``'s dtype and type (the mesh axes it varies over)."""
+    return lax.full_like(ct, 0, shape=tuple(shape))
 
 
 def zeros_like(x: Any) -> Any:

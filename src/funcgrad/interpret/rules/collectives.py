@@ -41,6 +41,7 @@ from jax import lax
 from jax.sharding import PartitionSpec
 
 from funcgrad.interpret.backward import backward, instantiate
+from funcgrad.interpret.errors import NotDifferentiableError
 from funcgrad.interpret.registry import higher_order_rule, vjp_rule, zero_vjp
 from funcgrad.interpret.rules._common import const, select, zeros_like
 from funcgrad.interpret.shortcuts import PLAIN, using_shortcuts
@@ -117,7 +118,7 @@ def pvary_vjp(ct, x, *, axes):
 
 
 def _refuse_extremum(name: str) -> None:
-    raise NotImplementedError(
+    raise NotDifferentiableError(
         f"Differentiation rule for '{name}' not implemented: JAX defines no derivative of "
         f"lax.{name} (jax.grad raises this same error), and funcgrad does not guess one. To "
         f"differentiate a maximum across devices, all_gather the values and take jnp.max "

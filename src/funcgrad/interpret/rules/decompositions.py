@@ -23,7 +23,7 @@ import numpy as np
 from jax import lax
 from jax.lax import linalg as lax_linalg
 
-from funcgrad.interpret.errors import source_line
+from funcgrad.interpret.errors import NotDifferentiableError, source_line
 from funcgrad.interpret.registry import higher_order_rule
 from funcgrad.interpret.rules._common import is_complex
 
@@ -70,9 +70,9 @@ def _named(eqn: Any) -> str:
     return f"'{eqn.primitive.name}' at {where}" if where else f"'{eqn.primitive.name}'"
 
 
-def _refuse(eqn: Any, why: str) -> NotImplementedError:
+def _refuse(eqn: Any, why: str) -> NotDifferentiableError:
     """The error JAX raises where it does not differentiate, naming the user's line."""
-    return NotImplementedError(f"{_named(eqn)}: {why} (jax.grad refuses this too)")
+    return NotDifferentiableError(f"{_named(eqn)}: {why} (jax.grad refuses this too)")
 
 
 # ---- matrices: (..., m, n) arrays, batch dimensions leading ----------------------------------
@@ -255,7 +255,7 @@ class QrVjp(_SpectralRule):
     def linearize(self, eqn, a):
         outs = eqn.primitive.bind(a, **eqn.params)
         if eqn.params["pivoting"] and np.ndim(outs[2]) > 1:
-            raise TypeError(
+            raise NotDifferentiableError(
                 f"{_named(eqn)}: JAX 0.10.2 cannot differentiate a batch of pivoted "
                 "QR decompositions (its rule indexes the columns with the whole batch of pivots, "
                 "and jax.grad fails with a TypeError in triangular_solve); differentiate one "

@@ -20,7 +20,7 @@ from jax import lax
 
 from funcgrad.interpret.errors import NotDifferentiableError
 from funcgrad.interpret.registry import higher_order_rule, vjp_rule
-from funcgrad.interpret.rules._common import zeros
+from funcgrad.interpret.rules._common import zeros, zeros_as
 
 _MODES = lax.GatherScatterMode
 
@@ -34,7 +34,7 @@ _MODES = lax.GatherScatterMode
 @vjp_rule(lax.dynamic_slice_p)
 def dynamic_slice_vjp(ct, x, *starts):
     """d dynamic_slice(x, s) = ct written into zeros at the same (clamped) starts."""
-    grad_x = lax.dynamic_update_slice_p.bind(zeros(np.shape(x), ct.dtype), ct, *starts)
+    grad_x = lax.dynamic_update_slice_p.bind(zeros_as(ct, np.shape(x)), ct, *starts)
     return (grad_x, *([None] * len(starts)))
 
 
@@ -43,7 +43,7 @@ def dynamic_update_slice_vjp(ct, x, update, *starts, needs):
     """d dus(x, u, s): x gets ct with the window zeroed; u gets the window of ct."""
     grad_x = grad_update = None
     if needs[0]:
-        window_zeros = zeros(np.shape(update), ct.dtype)
+        window_zeros = zeros_as(ct, np.shape(update))
         grad_x = lax.dynamic_update_slice_p.bind(ct, window_zeros, *starts)
     if needs[1]:
         grad_update = lax.dynamic_slice_p.bind(ct, *starts, slice_sizes=np.shape(update))
@@ -101,7 +101,7 @@ def gather_vjp(
 ):
     """d gather(x, i) = scatter-add of ct into zeros(x) at i (repeated reads add up)."""
     grad_x = lax.scatter_add(
-        zeros(np.shape(x), ct.dtype),
+        zeros_as(ct, np.shape(x)),
         indices,
         ct,
         _scatter_dnums(dimension_numbers),
@@ -184,7 +184,7 @@ def scatter_vjp(
             grad_x = lax.scatter(
                 ct,
                 indices,
-                zeros(np.shape(updates), ct.dtype),
+                zeros_as(ct, np.shape(updates)),
                 dimension_numbers,
                 indices_are_sorted=indices_are_sorted,
                 unique_indices=True,
@@ -217,7 +217,7 @@ def scatter_vjp(
     grad_x = grad_updates = None
     if needs[0]:
         kept = lax.eq(scattered_ids, zeros(scattered_ids.shape, np.int32))
-        grad_x = lax.select(kept, ct, zeros(ct.shape, ct.dtype))
+        grad_x = lax.select(kept, ct, zeros_as(ct, ct.shape))
     if needs[2]:
         # JAX gathers the ids back with the default (FILL_OR_DROP) mode whatever the scatter's.
         won = lax.eq(
@@ -247,11 +247,11 @@ def scatter_extremum_vjp(ct, x, indices, updates, *, out, dimension_numbers, mod
         return lax.gather(a, indices, gather_dnums, sizes)
 
     def count_at_windows(per_update):
-        totals = lax.scatter_add(zeros(x_shape, ct.dtype), indices, per_update, dimension_numbers)
+        totals = lax.scatter_add(zeros_as(ct, x_shape), indices, per_update, dimension_numbers)
         return at_windows(totals)
 
     one = lax.full(updates_shape, 1, ct.dtype)
-    zero = zeros(updates_shape, ct.dtype)
+    zero = zeros_as(ct, updates_shape)
     result = at_windows(out)
     attained = lax.eq(updates, result)
     kept = lax.eq(at_windows(x), result)
@@ -266,7 +266,7 @@ def scatter_extremum_vjp(ct, x, indices, updates, *, out, dimension_numbers, mod
     grad_x = grad_updates = None
     if needs[0]:
         corrections = lax.mul(ct_windows, operand_coef)
-        back = lax.scatter_add(zeros(x_shape, ct.dtype), indices, corrections, dimension_numbers)
+        back = lax.scatter_add(zeros_as(ct, x_shape), indices, corrections, dimension_numbers)
         grad_x = lax.add(ct, back)
     if needs[2]:
         grad_updates = lax.mul(ct_windows, updates_coef)
@@ -281,7 +281,7 @@ def _add_back_along(ct, positions, axis, operand_shape, mode):
     """
     batch = tuple(d for d in range(ct.ndim) if d != axis)
     return lax.scatter_add(
-        zeros(operand_shape, ct.dtype),
+        zeros_as(ct, operand_shape),
         lax.reshape(positions, (*positions.shape, 1)),
         ct,
         lax.ScatterDimensionNumbers(
