@@ -75,8 +75,11 @@ zero_vjp(
     prims.rng_bit_generator_p,
 )
 
-# effects without outputs, and uninitialised buffers (cond residuals in jax.grad jaxprs)
-zero_vjp("debug_print", "debug_callback", "inspect_sharding", "dce_sink", prims.empty2_p)
+# effects without outputs (printing, sharding inspection, checkify.check), and uninitialised
+# buffers (cond residuals in jax.grad jaxprs)
+zero_vjp(
+    "debug_print", "debug_callback", "inspect_sharding", "dce_sink", "check", prims.empty2_p
+)
 
 
 # ---- refused, as jax.grad refuses: a callback is opaque code, with no derivative to transpose
