@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.extend.core import Jaxpr
 
 import funcgrad as fg
@@ -173,6 +174,8 @@ class Case:
     checked eagerly by a few representatives only.
     ``reference``: for a primitive jax.grad cannot differentiate, the same function written with
     primitives it can; ``check`` compares fg.grad(f) with jax.grad(reference).
+    ``refused``: for a primitive jax.grad refuses to differentiate, the kind of error it raises;
+    ``check`` asserts that fg.grad raises a NotDifferentiableError of that kind too.
     """
 
     id: str
@@ -182,6 +185,7 @@ class Case:
     argnums: int | tuple[int, ...] = 0
     eager: bool = True
     reference: Callable | None = None
+    refused: type[Exception] | None = None
 
     def args(self, dtype=np.float32) -> tuple:
         return tuple(
@@ -199,9 +203,26 @@ def check(case: Case, dtype=np.float32, eager: bool = True, jit: bool = False,
     """
     args = case.args(dtype)
     assert_uses(case.primitive, case.f, *args)
+    if case.refused is not None:
+        assert_refused_alike(weighted_sum(case.f), args, case.argnums, case.refused, eager, jit)
+        return
     reference = None
     if case.reference is not None:
         assert_trees_close(case.f(*args), case.reference(*args), what="reference value")
         reference = weighted_sum(case.reference, integer_weights)
     assert_grads_match(weighted_sum(case.f, integer_weights), *args, argnums=case.argnums,
                        eager=eager, jit=jit, reference=reference)
+
+
+def assert_refused_alike(f: Callable, args: tuple, argnums: Any, kind: type[Exception],
+                         eager: bool, jit: bool) -> None:
+    """jax.grad refuses to differentiate ``f`` with a ``kind`` error, and fg.grad does too."""
+    from funcgrad.interpret.errors import NotDifferentiableError
+
+    modes = ([lambda g: g] if eager else []) + ([jax.jit] if jit else [])
+    for mode in modes:
+        with pytest.raises(kind):
+            mode(jax.grad(f, argnums))(*args)
+        with pytest.raises(NotDifferentiableError) as caught:
+            mode(fg.grad(f, argnums))(*args)
+        assert isinstance(caught.value, kind)

@@ -46,6 +46,7 @@ EXEMPT = {
     "custom_lin": "JAX-internal: exists only inside jax.linearize/jax.vjp while JAX's own AD "
     "runs, never in a jaxpr a user's function traces to",
     "eval_jaxpr": "JAX-internal: staged as closed_call, so it never appears in a jaxpr",
+    "tie": "JAX-internal: no public API binds it (jax._src.lax.lax.tie_p)",
     "call_hi_primitive": "JAX-internal (hijax): no public API binds it",
     "call_hi_primitive_linearized": "JAX-internal (hijax): no public API binds it",
     "box_get": "JAX-internal (hijax boxes): no public API binds it",

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from gradcheck import Case, assert_grads_match, assert_trees_close
 from jax import lax
+from jax.custom_derivatives import linear_call
 from jax.extend.core import DebugInfo
 from jax.extend.core.primitives import call_p
 from jax.extend.linear_util import wrap_init
@@ -142,6 +143,29 @@ def while_on_data_only(w, n):
 
 
 # ---- the cases: user code reaching each primitive ------------------------------------------
+def scaled_by_linear_call(x, r):
+    """A linear map of x given by linear_call, with its transpose, residual r fixed."""
+    def scale(r, v):
+        return r * v
+
+    def scale_transpose(r, ct):
+        return r * ct
+
+    return jnp.sin(linear_call(scale, scale_transpose, lax.stop_gradient(r), x)) * x
+
+
+def _sin_times_x(optimize_remat):
+    f = jax.custom_vjp(lambda x: jnp.sin(x) * x)
+    f.defvjp(lambda x: (jnp.sin(x) * x, (jnp.cos(x), x)),
+             lambda res, ct: (ct * (res[0] * res[1] + jnp.sin(res[1])),),
+             optimize_remat=optimize_remat)
+    return f
+
+
+def grad_of(f):
+    return lambda x: jax.grad(lambda y: jnp.sum(jnp.tanh(f(y))))(x)
+
+
 CASES = [
     Case("jax.jit", "jit", lambda w, x: jitted_layer(x, w) * x[:, :1], lambda: (W, XS),
          argnums=(0, 1)),
@@ -168,6 +192,14 @@ CASES = [
     *(Case(f"switch branch {i}", "cond", switch_on_i, lambda i=i: (X, jnp.int32(i)))
       for i in range(3)),
     Case("while_loop on data only", "while", while_on_data_only, lambda: (X, jnp.int32(3))),
+    Case("linear_call", "linear_call", scaled_by_linear_call, lambda: (X, X + 2.0),
+         argnums=(0, 1)),
+    # remat_opt lives in the forward pass of a custom_vjp(optimize_remat=True): reached through
+    # a jax.grad program; jax.grad cannot take a second derivative of it, so the reference is
+    # the same custom_vjp without optimize_remat.
+    Case("jax.grad of custom_vjp(optimize_remat=True)", "remat_opt",
+         grad_of(_sin_times_x(optimize_remat=True)), lambda: (X,),
+         reference=grad_of(_sin_times_x(optimize_remat=False))),
 ]
 
 

@@ -29,6 +29,8 @@ from gradcheck import (
     assert_vjps_match_jit,
 )
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
+from jax.experimental.layout import Layout, with_layout_constraint
 from jax.extend.core import ClosedJaxpr, Jaxpr
 
 import funcgrad as fg
@@ -494,6 +496,13 @@ CASES = [
          lambda: (_uniform((2, 3), -1, 1),)),
     Case("optimization_barrier", "optimization_barrier", barrier,
          lambda: (_uniform((3,), -1, 1), _uniform((3,), -1, 1, seed=3)), argnums=(0, 1)),
+    Case("checkpoint_name", "name", lambda x: jnp.sin(checkpoint_name(x * 2.0, "h")) * x,
+         lambda: (_uniform((2, 3), -1, 1),)),
+    Case("lax.stage", "stage", lambda x: jnp.sin(lax.stage(x)) * x,
+         lambda: (_uniform((2, 3), -1, 1),)),
+    Case("with_layout_constraint", "layout_constraint",
+         lambda x: jnp.sin(with_layout_constraint(x * 2.0, Layout(major_to_minor=(1, 0)))),
+         lambda: (_uniform((2, 3), -1, 1),)),
 ]
 
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from gradcheck import Case, assert_grads_match, randint, randn
 from jax import lax
+from jax.experimental import checkify, io_callback
 from jax.extend.random import threefry_2x32
 
 import funcgrad as fg
@@ -68,6 +69,31 @@ TOTAL_ORDER = {"eq_to": lax.eq_to_p, "lt_to": lax.lt_to_p, "le_to": lax.le_to_p}
 # Each case multiplies a float input by the primitive's (integer, boolean or random) output, so
 # the primitive is in the program while a float gradient flows through the other operations;
 # test_rules_table.py checks every case against jax.grad, eagerly and under jit.
+def _dce_sink(x):
+    lax.dce_sink(x * 3.0)
+    return jnp.sin(x)
+
+
+def _inspect_sharding(x):
+    jax.debug.inspect_array_sharding(x, callback=lambda sharding: None)
+    return jnp.sin(x) * x
+
+
+def _pure_callback(x):
+    y = jax.pure_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+    return y * x
+
+
+def _io_callback(x):
+    y = io_callback(np.sin, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+    return y * x
+
+
+def _ffi_call(x):  # traced only (no such target is registered): both refuse while tracing
+    y = jax.ffi.ffi_call("funcgrad_no_such_target", jax.ShapeDtypeStruct(x.shape, x.dtype))(x)
+    return y * x
+
+
 CASES = [
     *(Case(f"x * {name}(x, y)", name, lambda x, y, op=op: x * op(x, y), tied_xy, argnums=(0, 1))
       for name, op in COMPARISONS.items()),
@@ -142,7 +168,33 @@ CASES = [
     Case("jax.debug.print", "debug_print", _debug_print, x23),
     Case("jax.debug.callback", "debug_callback", _debug_callback, x23),
     Case("jax.grad of a cond", "empty2", _grad_of_cond, x23),
+    Case("jax.lax.dce_sink", "dce_sink", _dce_sink, x23),
+    Case("jax.debug.inspect_array_sharding", "inspect_sharding", _inspect_sharding, x23),
+    # refused, as jax.grad refuses: the code a callback runs has no derivative funcgrad can see
+    Case("jax.pure_callback", "pure_callback", _pure_callback, x23, refused=ValueError),
+    Case("jax.experimental.io_callback", "io_callback", _io_callback, x23, refused=ValueError),
+    Case("jax.ffi.ffi_call", "ffi_call", _ffi_call, x23, eager=False, refused=ValueError),
 ]
+
+
+def test_checkify_check_is_an_effect_with_no_cotangent():
+    """checkify.check runs eagerly or under checkify.checkify (which removes it before jit)."""
+
+    def f(x):
+        checkify.check(jnp.all(x > 0), "x must be positive")
+        return jnp.sum(jnp.log(x) * x)
+
+    x = _uniform((3,), 0.5, 2.0)
+    assert "check" in {e.primitive.name for e in jax.make_jaxpr(f)(x).jaxpr.eqns}
+    assert_grads_match(f, x, jit=False)
+    for bad in (x, -x):
+        want_err, want = checkify.checkify(jax.grad(f))(bad)
+        got_err, got = checkify.checkify(fg.grad(f))(bad)
+        assert got_err.get() == want_err.get()
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        jit_err, jitted = jax.jit(checkify.checkify(fg.grad(f)))(bad)
+        assert jit_err.get() == want_err.get()
+        np.testing.assert_allclose(jitted, want, rtol=1e-6)
 
 
 # ---- bitcasts and registration -------------------------------------------------------------

@@ -160,8 +160,11 @@ def test_no_gradient_flows_is_dashed_grey_labels_path_and_stop_gradient():
     # log_softmax subtracts stop_gradient(max): the max gets no cotangent at all.
     (reduce_max,) = nodes_with(src, "<B>reduce_max</B>")
     assert "dashed" in reduce_max and "no grad reaches it" in reduce_max
+    # stop_gradient's output carries no gradient (as in JAX, its tangent is a symbolic zero),
+    # and the node says why, rather than "independent of the parameters".
     (stop,) = nodes_with(src, "<B>stop_gradient</B>")
-    assert "dashed" not in stop  # its output is used, so it has a cotangent; it stops there
+    assert "dashed" in stop and "no grad: stop_gradient passes none back" in stop
+    assert "independent of the parameters" not in stop
 
 
 def test_one_hot_labels_give_exact_zeros_in_the_log_probabilities_gradient():

@@ -50,6 +50,7 @@ class RuleSpec:
     wants_needs: bool
     param_names: frozenset[str] | None  # None: the rule takes **params
     reads: tuple[int, ...] | None = None  # inputs whose values it reads; None: all of them
+    zero: bool = False  # registered by zero_vjp: no input ever gets a cotangent
 
 
 class HigherOrderRule(Protocol):
@@ -126,13 +127,14 @@ def _zero_cotangents(ct: Any, *primals: Any) -> tuple[None, ...]:
 
 
 def zero_vjp(*primitives: Primitive | str) -> None:
-    """Register primitives whose inputs get no cotangent.
+    """Register primitives whose inputs get no cotangent, and whose outputs carry none.
 
     Two kinds: piecewise-constant functions of floats (``floor``, ``sign``, ``stop_gradient``:
     the derivative is zero almost everywhere, and JAX defines it as zero) and primitives whose
     outputs are integers, booleans or keys (comparisons, ``iota``, ``argmax``, random bits).
     """
-    _register([_name(p) for p in primitives], RuleSpec(_zero_cotangents, False, False, frozenset()))
+    spec = RuleSpec(_zero_cotangents, False, False, frozenset(), reads=(), zero=True)
+    _register([_name(p) for p in primitives], spec)
 
 
 def higher_order_rule(*primitives: Primitive | str) -> Callable[[type], type]:

@@ -39,6 +39,7 @@ __all__ = [
     "is_differentiable",
     "jaxpr_activity",
     "lookup",
+    "passes_cotangents",
     "placeholder",
     "read",
     "read_when_transposed",
@@ -342,7 +343,7 @@ def evaluate(
                 records[i] = record
         else:
             outvals = bind_eqn(eqn, invals)
-            out_active = [any(in_active)] * len(eqn.outvars)
+            out_active = [any(in_active) and passes_cotangents(eqn)] * len(eqn.outvars)
         for v, x, a in zip(eqn.outvars, outvals, out_active):
             if isinstance(v, DropVar):
                 continue
@@ -394,6 +395,14 @@ def _evaluate_linear(
     return Trace(jaxpr, consts, values, active, records, frozenset(jaxpr.constvars))
 
 
+def passes_cotangents(eqn: JaxprEqn) -> bool:
+    """False for a primitive whose derivative is zero by definition (``stop_gradient``,
+    ``floor``, comparisons, ...): its outputs do not depend on the differentiated inputs in the
+    sense of the derivative, as in JAX, where their tangents are symbolic zeros."""
+    spec = lookup_vjp(eqn.primitive.name)
+    return spec is None or not spec.zero
+
+
 def active_vars(jaxpr: Jaxpr, active_in: Sequence[bool]) -> set[Var]:
     """The variables of ``jaxpr`` that depend on its active inputs, without evaluating anything."""
     active = {v for v, a in zip(jaxpr.invars, active_in) if a and is_differentiable(v.aval)}
@@ -403,7 +412,9 @@ def active_vars(jaxpr: Jaxpr, active_in: Sequence[bool]) -> set[Var]:
             continue
         rule = lookup_higher_order(eqn.primitive.name)
         out_active = (
-            rule.outputs_active(eqn, in_active) if rule is not None else [True] * len(eqn.outvars)
+            rule.outputs_active(eqn, in_active)
+            if rule is not None
+            else [passes_cotangents(eqn)] * len(eqn.outvars)
         )
         for v, a in zip(eqn.outvars, out_active):
             if a and not isinstance(v, DropVar) and is_differentiable(v.aval):

@@ -445,12 +445,6 @@ def identity_vjp(ct, x, **params):
     return (ct,)
 
 
-@vjp_rule("tie", reads=())
-def tie_vjp(ct, x, y):
-    """tie(x, y) = y, with x only ordering the computation: y gets ct, x nothing."""
-    return (None, ct)
-
-
 @vjp_rule("layout_constraint", reads=())
 def layout_constraint_vjp(ct, x, *, layout):
     """A layout hint, the identity on values: the cotangent gets the same layout, as in JAX."""

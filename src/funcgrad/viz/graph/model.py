@@ -41,6 +41,18 @@ class Level:
     cts: dict[Var, Any] | None
     grad_mode: str  # "full", "custom" (a custom rule replaced the body's gradients), "off"
     override: dict[Var, tuple[Level, Any]] = field(default_factory=dict)
+    stopped_by: dict[Var, str] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Outputs of a primitive whose derivative is zero by definition (stop_gradient, floor)
+        # applied to a value that does carry a gradient: inactive because the gradient stops.
+        if self.active is None:
+            return
+        for eqn in self.jaxpr.eqns:
+            if any(not isinstance(v, Literal) and v in self.active for v in eqn.invars):
+                for v in eqn.outvars:
+                    if not isinstance(v, DropVar) and v not in self.active:
+                        self.stopped_by[v] = eqn.primitive.name
 
     @classmethod
     def structure(cls, jaxpr: Jaxpr) -> Level:
@@ -62,6 +74,8 @@ class Level:
             outer, outer_v = self.override[v]
             return outer.grad(outer_v)
         if self.active is not None and v not in self.active:
+            if v in self.stopped_by:
+                return CONST, f"no grad: {self.stopped_by[v]} passes none back"
             return CONST, NO_GRAD_TEXT[CONST]
         if self.grad_mode == "custom":
             return UNKNOWN, None
