@@ -13,6 +13,7 @@ they live with their elementwise relatives in ``elementwise.py``.
 
 from __future__ import annotations
 
+from jax import lax
 from jax.extend.core import primitives as prims
 
 from funcgrad.interpret.registry import vjp_rule, zero_vjp
@@ -73,6 +74,9 @@ zero_vjp(
     prims.threefry2x32_p,
     prims.rng_bit_generator_p,
 )
+
+# integer permutations from LU pivots (jnp.linalg.solve, det, lu_factor reach it)
+zero_vjp(lax.linalg.lu_pivots_to_permutation_p)
 
 # effects without outputs, and uninitialised buffers (cond residuals in jax.grad jaxprs)
 zero_vjp("debug_print", "debug_callback", prims.empty2_p)
