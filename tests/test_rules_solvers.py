@@ -197,11 +197,18 @@ def test_triangular_solve_unread_entries_get_zero(unit_diagonal):
 
 
 @pytest.mark.parametrize("dtype", FLOATS, ids=_name)
-def test_triangular_solve_singular_matches_jax_nonfinite_included(dtype):
+@pytest.mark.parametrize("left_side", [True, False], ids=["left", "right"])
+@pytest.mark.parametrize("k", [2, 3, 5], ids=["k2", "k3", "k5"])
+def test_triangular_solve_singular_matches_jax_nonfinite_included(dtype, left_side, k):
+    """A zero on the diagonal: inf/NaN in exactly JAX's places, for b with fewer, as many and
+    more right-hand sides than rows (JAX orders the solve and the product by shape)."""
     with jax.enable_x64(True):
-        a = jnp.triu(_rand(6, 4, 4, dtype=dtype)).at[2, 2].set(0.0)
-        b = _rand(7, 4, 2, dtype=dtype)
-        f = lambda a, b: jsl.solve_triangular(a, b)  # noqa: E731
+        a = jnp.triu(_rand(6, 3, 3, dtype=dtype)).at[1, 1].set(0.0)
+        b = _rand(7, *((3, k) if left_side else (k, 3)), dtype=dtype)
+
+        def f(a, b):
+            return lax.linalg.triangular_solve(a, b, left_side=left_side, lower=False)
+
         ct = _random_ct(f(a, b))
         got = fg.vjp(f, a, b)[1](ct)
         want = jax.vjp(f, a, b)[1](ct)

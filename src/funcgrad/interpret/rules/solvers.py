@@ -82,29 +82,40 @@ def solve_triangular(a: Any, b: Any, **kwargs: Any) -> Any:
 def triangular_solve_vjp(
     ct, a, b, *, out, needs, left_side, lower, transpose_a, conjugate_a, unit_diagonal
 ):
-    """x = op(A)^{-1} b: b̄ = op(A)^{-T} x̄, op(A)̄ = -b̄ x^T (left; right: -x^T b̄), masked.
+    """x = op(A)^{-1} b: b̄ = op(A)^{-T} x̄ and op(A)̄ = -b̄ x^T (right side: -x^T b̄), masked.
 
     ``op`` transposes and/or conjugates ``A``; only its ``lower``/upper triangle is read (not
     the diagonal with ``unit_diagonal``), so only that triangle gets a cotangent. Giles 2008
-    sec. 2.3.1; the JVP is JAX's ``dx = -op(A)^{-1} op(dA) x``.
+    sec. 2.3.1; the transpose of JAX's JVP ``dx = -op(A)^{-1} op(dA) x``. The product and the
+    solve are ordered as JAX orders them (the solve on the smaller of the two matrices), so a
+    singular ``A`` gives inf/NaN in the same places.
     """
-    ct_b = solve_triangular(
-        a,
-        ct,
-        left_side=left_side,
-        lower=lower,
-        transpose_a=not transpose_a,
-        conjugate_a=conjugate_a,
-        unit_diagonal=unit_diagonal,
-    )
-    if not needs[0]:
-        return None, ct_b
-    ct_op = matmul(ct_b, mT(out)) if left_side else matmul(mT(out), ct_b)
-    ct_a = mT(ct_op) if transpose_a else ct_op
-    if conjugate_a and is_complex(ct_a):
-        ct_a = lax.conj(ct_a)
-    k = 1 if unit_diagonal else 0
-    ct_a = lax.neg(masked_triangle(ct_a, lower, -k if lower else k))
+
+    def solve_transposed(rhs: Any) -> Any:  # op(A)^{-T} rhs (left) or rhs op(A)^{-T} (right)
+        return solve_triangular(
+            a,
+            rhs,
+            left_side=left_side,
+            lower=lower,
+            transpose_a=not transpose_a,
+            conjugate_a=conjugate_a,
+            unit_diagonal=unit_diagonal,
+        )
+
+    m, n = np.shape(out)[-2:]
+    solve_first = m > n if left_side else m < n
+    ct_b = solve_transposed(ct) if needs[1] or (needs[0] and solve_first) else None
+    ct_a = None
+    if needs[0]:
+        if left_side:
+            ct_op = matmul(ct_b, mT(out)) if solve_first else solve_transposed(matmul(ct, mT(out)))
+        else:
+            ct_op = matmul(mT(out), ct_b) if solve_first else solve_transposed(matmul(mT(out), ct))
+        ct_a = mT(ct_op) if transpose_a else ct_op
+        if conjugate_a and is_complex(ct_a):
+            ct_a = lax.conj(ct_a)
+        k = 1 if unit_diagonal else 0
+        ct_a = lax.neg(masked_triangle(ct_a, lower, -k if lower else k))
     return ct_a, ct_b if needs[1] else None
 
 
@@ -189,7 +200,10 @@ class CustomLinearSolveVjp:
         return [any_active and k < n_b for k in range(len(eqn.outvars))]
 
     def forward(self, eqn, invals, active):
-        if any(isinstance(x, jax.ShapeDtypeStruct) for x in invals):
+        n_matvec = eqn.params["const_lengths"].matvec
+        b_values = invals[len(invals) - self._b_count(eqn) :]
+        stand_in = any(isinstance(x, jax.ShapeDtypeStruct) for x in b_values)
+        if stand_in and not any(active[:n_matvec]):
             # A linear evaluation (a custom JVP rule's tangent part) reached the solve with a
             # tangent stand-in for b: the solve is linear in b, and its transpose (backward)
             # needs only the operator, so the solution is not computed either.
