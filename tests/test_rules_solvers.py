@@ -157,8 +157,10 @@ SOME_FLAGS = [
 ]
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=_name)
-@pytest.mark.parametrize("flags", SOME_FLAGS, ids=_flag_id)
+@pytest.mark.parametrize(
+    "flags,dtype", list(zip(SOME_FLAGS, ALL_DTYPES)),
+    ids=[f"{_flag_id(f)}-{_name(d)}" for f, d in zip(SOME_FLAGS, ALL_DTYPES)],
+)
 def test_triangular_solve_batched_eager_and_jit(flags, dtype):
     with jax.enable_x64(True):
         a, b = _triangular_args(flags, 1, dtype, batch=(2,))
@@ -196,15 +198,14 @@ def test_triangular_solve_unread_entries_get_zero(unit_diagonal):
         assert np.isfinite(np.asarray(got[0])).all()
 
 
-@pytest.mark.parametrize("dtype", FLOATS, ids=_name)
 @pytest.mark.parametrize("left_side", [True, False], ids=["left", "right"])
 @pytest.mark.parametrize("k", [2, 3, 5], ids=["k2", "k3", "k5"])
-def test_triangular_solve_singular_matches_jax_nonfinite_included(dtype, left_side, k):
+def test_triangular_solve_singular_matches_jax_nonfinite_included(left_side, k):
     """A zero on the diagonal: inf/NaN in exactly JAX's places, for b with fewer, as many and
     more right-hand sides than rows (JAX orders the solve and the product by shape)."""
     with jax.enable_x64(True):
-        a = jnp.triu(_rand(6, 3, 3, dtype=dtype)).at[1, 1].set(0.0)
-        b = _rand(7, *((3, k) if left_side else (k, 3)), dtype=dtype)
+        a = jnp.triu(_rand(6, 3, 3)).at[1, 1].set(0.0)
+        b = _rand(7, *((3, k) if left_side else (k, 3)))
 
         def f(a, b):
             return lax.linalg.triangular_solve(a, b, left_side=left_side, lower=False)
@@ -216,7 +217,7 @@ def test_triangular_solve_singular_matches_jax_nonfinite_included(dtype, left_si
         for g, w in zip(got, want):
             np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
             np.testing.assert_array_equal(np.isinf(g), np.isinf(w))
-        assert_trees_close(got, want, **_tol(dtype))
+        assert_trees_close(got, want)
 
 
 def test_triangular_solve_vmap():
@@ -241,10 +242,20 @@ def _tridiagonal_args(seed: int, m: int, k: int, dtype, batch=()):
     return (*diagonals, _rand(seed + 3, *batch, m, k, dtype=dtype))
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=_name)
-@pytest.mark.parametrize("m,k,batch", [(5, 3, ()), (4, 1, (2,)), (1, 2, ())],
-                         ids=["5x3", "batch2-4x1", "size1"])
-def test_tridiagonal_solve(dtype, m, k, batch):
+TRIDIAGONAL = [
+    (5, 3, (), np.float32),
+    (5, 3, (), np.complex128),
+    (4, 1, (2,), np.float64),
+    (4, 1, (2,), np.complex64),
+    (1, 2, (), np.float64),
+]
+
+
+@pytest.mark.parametrize(
+    "m,k,batch,dtype", TRIDIAGONAL,
+    ids=[f"{'x'.join(map(str, (*b, m, k)))}-{_name(d)}" for m, k, b, d in TRIDIAGONAL],
+)
+def test_tridiagonal_solve(m, k, batch, dtype):
     with jax.enable_x64(True):
         check_vjp(tridiagonal_system, *_tridiagonal_args(10, m, k, dtype, batch), **_tol(dtype))
 
@@ -254,6 +265,14 @@ def test_tridiagonal_solve_some_inputs(argnums):
     with jax.enable_x64(True):
         args = _tridiagonal_args(11, 5, 2, np.float64)
         assert_grads_match(weighted_sum(tridiagonal_system), *args, argnums=argnums)
+
+
+def test_tridiagonal_solve_perturb_singular():
+    """``perturb_singular=True`` is passed on to the transposed solve."""
+    with jax.enable_x64(True):
+        args = _tridiagonal_args(13, 4, 2, np.float64)
+        check_vjp(lambda dl, d, du, b: lax.linalg.tridiagonal_solve(dl, d + 4, du, b,
+                                                                    perturb_singular=True), *args)
 
 
 def test_tridiagonal_solve_vmap_and_second_order():

@@ -75,7 +75,7 @@ zero_vjp(
     prims.rng_bit_generator_p,
 )
 
-# integer permutations from LU pivots (jnp.linalg.solve, det, lu_factor reach it)
+# integer permutations from LU pivots (jax.scipy.linalg.lu_solve reaches it)
 zero_vjp(lax.linalg.lu_pivots_to_permutation_p)
 
 # effects without outputs, and uninitialised buffers (cond residuals in jax.grad jaxprs)
