@@ -440,3 +440,33 @@ def test_solves_inside_scan_and_cond():
         assert_grads_match(scanned, a, bs, argnums=(0, 1))
         assert_grads_match(branched, a, bs, argnums=(0, 1))
         assert_grads_match(branched, -a, bs, argnums=(0, 1))
+
+
+@jax.custom_jvp
+def _solve_with_custom_jvp(a, b):
+    return jnp.linalg.solve(a, b)
+
+
+@_solve_with_custom_jvp.defjvp
+def _solve_with_custom_jvp_rule(primals, tangents):
+    a, b = primals
+    da, db = tangents
+    x = _solve_with_custom_jvp(a, b)
+    dx = lax.custom_linear_solve(
+        lambda v: a @ v,
+        db - da @ x,
+        solve=lambda _, r: jnp.linalg.solve(a, r),
+        transpose_solve=lambda _, r: jnp.linalg.solve(a.T, r),
+    )
+    return x, dx
+
+
+def test_custom_linear_solve_on_a_custom_jvp_tangent():
+    """A custom JVP rule that solves for its tangent: transposing that rule meets the solve with
+    a tangent stand-in for b, which it transposes without solving forward."""
+    with jax.enable_x64(True):
+        a, b = _well_conditioned(_rand(72, 3, 3)), _rand(73, 3)
+        loss = weighted_sum(_solve_with_custom_jvp)
+        assert_grads_match(loss, a, b, argnums=(0, 1))
+        check_vmap(loss, a, b, jit=False)
+        check_hessian(loss, a, b, jit=False)
