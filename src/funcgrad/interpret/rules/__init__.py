@@ -7,12 +7,13 @@ from funcgrad.interpret.rules import (  # noqa: F401  (imported for their regist
     collectives,  # shard_map, psum, all_gather, ppermute, all_to_all, ...: one VJP per shard
     control,  # jit, custom_jvp/vjp, remat, cond, scan, while
     conv,  # conv_general_dilated
-    decompositions,  # qr, eigh, eig, svd
+    decompositions,  # cholesky, lu, qr, eigh, eig, svd
     elementwise,  # arithmetic, transcendental and identity-like functions
     indexing,  # gather, scatter, dynamic slices, sort, top_k
     linalg,  # dot_general
     nondiff,  # comparisons, bitwise and PRNG ops, effects: no cotangent flows
     reduce,  # sums, products, extrema, cumulative reductions
     shape,  # broadcast, reshape, transpose, concatenate, pad, slice, ...
+    solvers,  # triangular_solve, tridiagonal_solve, custom_linear_solve
     window,  # reduce_window (pooling) and select_and_scatter
 )

@@ -13,6 +13,7 @@ they live with their elementwise relatives in ``elementwise.py``.
 
 from __future__ import annotations
 
+from jax import lax
 from jax.extend.core import primitives as prims
 
 from funcgrad.interpret.errors import NotDifferentiableError
@@ -74,6 +75,12 @@ zero_vjp(
     prims.threefry2x32_p,
     prims.rng_bit_generator_p,
 )
+
+# integer permutations from LU pivots (jax.scipy.linalg.lu_solve reaches it)
+zero_vjp(lax.linalg.lu_pivots_to_permutation_p)
+
+# effects without outputs, and uninitialised buffers (cond residuals in jax.grad jaxprs)
+zero_vjp("debug_print", "debug_callback", prims.empty2_p)
 
 # effects without outputs (printing, sharding inspection, checkify.check), and uninitialised
 # buffers (cond residuals in jax.grad jaxprs)
