@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import numpy as np
 from jax import lax
 from jax.extend.core import primitives as prims
@@ -25,7 +24,7 @@ from funcgrad.interpret.backward import backward, instantiate
 from funcgrad.interpret.jaxprs import open_jaxpr
 from funcgrad.interpret.registry import higher_order_rule, vjp_rule
 from funcgrad.interpret.rules._common import is_complex, zeros
-from funcgrad.interpret.trace import evaluate, is_differentiable, placeholder
+from funcgrad.interpret.trace import evaluate, is_differentiable
 
 __all__ = ["mT", "masked_triangle", "matmul", "solve_triangular", "tril", "triu"]
 
@@ -200,14 +199,6 @@ class CustomLinearSolveVjp:
         return [any_active and k < n_b for k in range(len(eqn.outvars))]
 
     def forward(self, eqn, invals, active):
-        n_matvec = eqn.params["const_lengths"].matvec
-        b_values = invals[len(invals) - self._b_count(eqn) :]
-        stand_in = any(isinstance(x, jax.ShapeDtypeStruct) for x in b_values)
-        if stand_in and not any(active[:n_matvec]):
-            # A linear evaluation (a custom JVP rule's tangent part) reached the solve with a
-            # tangent stand-in for b: the solve is linear in b, and its transpose (backward)
-            # needs only the operator, so the solution is not computed either.
-            return [placeholder(v) for v in eqn.outvars], self.outputs_active(eqn, active), None
         outs = eqn.primitive.bind(*invals, **eqn.primitive.get_bind_params(eqn.params))
         out_active = self.outputs_active(eqn, active)
         # the solution is what the operator's cotangent is taken at
