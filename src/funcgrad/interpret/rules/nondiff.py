@@ -79,9 +79,6 @@ zero_vjp(
 # integer permutations from LU pivots (jax.scipy.linalg.lu_solve reaches it)
 zero_vjp(lax.linalg.lu_pivots_to_permutation_p)
 
-# effects without outputs, and uninitialised buffers (cond residuals in jax.grad jaxprs)
-zero_vjp("debug_print", "debug_callback", prims.empty2_p)
-
 # effects without outputs (printing, sharding inspection, checkify.check), and uninitialised
 # buffers (cond residuals in jax.grad jaxprs)
 zero_vjp(
