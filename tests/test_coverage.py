@@ -47,6 +47,8 @@ EXEMPT = {
     "runs, never in a jaxpr a user's function traces to",
     "eval_jaxpr": "JAX-internal: staged as closed_call, so it never appears in a jaxpr",
     "tie": "JAX-internal: no public API binds it (jax._src.lax.lax.tie_p)",
+    "stage": "lax.stage lifts a constant into a trace: it never applies to a traced value, so "
+    "no gradient can reach it",
     "call_hi_primitive": "JAX-internal (hijax): no public API binds it",
     "call_hi_primitive_linearized": "JAX-internal (hijax): no public API binds it",
     "box_get": "JAX-internal (hijax boxes): no public API binds it",

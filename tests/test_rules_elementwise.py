@@ -498,8 +498,6 @@ CASES = [
          lambda: (_uniform((3,), -1, 1), _uniform((3,), -1, 1, seed=3)), argnums=(0, 1)),
     Case("checkpoint_name", "name", lambda x: jnp.sin(checkpoint_name(x * 2.0, "h")) * x,
          lambda: (_uniform((2, 3), -1, 1),)),
-    Case("lax.stage", "stage", lambda x: jnp.sin(lax.stage(x)) * x,
-         lambda: (_uniform((2, 3), -1, 1),)),
     Case("with_layout_constraint", "layout_constraint",
          lambda x: jnp.sin(with_layout_constraint(x * 2.0, Layout(major_to_minor=(1, 0)))),
          lambda: (_uniform((2, 3), -1, 1),)),

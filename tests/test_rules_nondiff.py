@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.linalg as jsl
 import numpy as np
 from gradcheck import Case, assert_grads_match, randint, randn
 from jax import lax
@@ -169,6 +170,9 @@ CASES = [
     Case("jax.debug.callback", "debug_callback", _debug_callback, x23),
     Case("jax.grad of a cond", "empty2", _grad_of_cond, x23),
     Case("jax.lax.dce_sink", "dce_sink", _dce_sink, x23),
+    Case("lu_solve's pivots", "lu_pivots_to_permutation",
+         lambda a, b: jsl.lu_solve(jsl.lu_factor(a), b),
+         lambda: (randn(7, 4, 4) + 4 * jnp.eye(4), randn(8, 4, 2)), argnums=(0, 1)),
     Case("jax.debug.inspect_array_sharding", "inspect_sharding", _inspect_sharding, x23),
     # refused, as jax.grad refuses: the code a callback runs has no derivative funcgrad can see
     Case("jax.pure_callback", "pure_callback", _pure_callback, x23, refused=ValueError),

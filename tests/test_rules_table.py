@@ -47,10 +47,15 @@ TAG_CASES = [
          lambda: (randn(0, 3, 4), randn(1, 5, 3)), argnums=(0, 1)),
 ]
 
-UNREACHABLE: dict[str, str] = {}
-"""Primitives with a rule but no Case: name -> why no user code reaches it with a float gradient,
-not even through a jax.grad or jax.linearize program. Empty: every rule is reached (``call``
-through jax.extend, ``empty2`` and ``closed_call`` through jax.grad programs)."""
+UNREACHABLE: dict[str, str] = {
+    "check": "checkify.check runs eagerly or under checkify.checkify, which removes it before "
+    "jit: no Case can run under jit; test_rules_nondiff.py tests it both ways",
+    "pbroadcast": "no CPU lowering in jaxlib 0.10.2, and jax.grad of it fails; "
+    "test_rules_collectives.py tests its rule against its definition under vmap",
+}
+"""Primitives with a rule but no Case: name -> why no Case can hold it against jax.grad. Every
+other rule is reached (``call`` through jax.extend, ``empty2`` and ``closed_call`` through
+jax.grad programs)."""
 
 TABLE: list[tuple[str, Case]] = [
     *((f"{family}/{case.id}", case) for family, modules in FAMILIES.items()

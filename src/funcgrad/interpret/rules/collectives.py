@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import numpy as np
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
 from funcgrad.interpret.backward import backward, instantiate
@@ -476,3 +477,18 @@ class ShardMapVjp:
         for k, ct in zip(need_idx, run(*invals, *ct_values)):
             out[k] = ct
         return out
+
+
+# ---- host-local <-> global arrays (jax.experimental.multihost_utils) -------------------------
+# Each process's local shard read as part of one global array, and back: a relabelling of the
+# same values, linear, whose transpose JAX defines as the same relabelling of the cotangent.
+@vjp_rule("host_local_array_to_global_array", reads=())
+def host_local_to_global_vjp(ct, x, *, global_mesh, pspec):
+    """d local_to_global(x) = local_to_global(ct), JAX's transpose of this relabelling."""
+    return (multihost_utils.host_local_array_to_global_array(ct, global_mesh, pspec),)
+
+
+@vjp_rule("global_array_to_host_local_array", reads=())
+def global_to_host_local_vjp(ct, x, *, global_mesh, pspec):
+    """d global_to_local(x) = global_to_local(ct), JAX's transpose of this relabelling."""
+    return (multihost_utils.global_array_to_host_local_array(ct, global_mesh, pspec),)

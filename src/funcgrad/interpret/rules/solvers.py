@@ -21,6 +21,7 @@ from jax import lax
 from jax.extend.core import primitives as prims
 
 from funcgrad.interpret.backward import backward, instantiate
+from funcgrad.interpret.errors import NotDifferentiableError
 from funcgrad.interpret.jaxprs import open_jaxpr
 from funcgrad.interpret.registry import higher_order_rule, vjp_rule
 from funcgrad.interpret.rules._common import is_complex, zeros
@@ -209,7 +210,7 @@ class CustomLinearSolveVjp:
         params = eqn.params
         lengths, jaxprs = params["const_lengths"], params["jaxprs"]
         if jaxprs.transpose_solve is None:
-            raise TypeError(
+            raise NotDifferentiableError(
                 "transpose_solve required for backwards mode automatic differentiation of "
                 "custom_linear_solve (pass transpose_solve=, or symmetric=True)"
             )
