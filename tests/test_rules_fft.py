@@ -20,6 +20,7 @@ from gradcheck import (
     assert_uses,
     assert_vjp_matches,
     check,
+    primitives_of,
     randn,
     weighted_sum,
 )
@@ -217,3 +218,12 @@ def test_float32_batch_of_signals_under_jit():
     x = randn(53, 5, 3, 16)
     loss = weighted_sum(lambda x: jnp.abs(jnp.fft.rfftn(x, axes=(1, 2))))
     assert_grads_match(loss, x)
+
+
+def test_closure_backward_pass_uses_only_supported_primitives():
+    """Every primitive the fft rule emits has a rule: fg.grad of fg.grad works."""
+    supported = fg.supported_primitives()
+    for case in CASES:
+        grad_jaxpr = jax.make_jaxpr(fg.grad(weighted_sum(case.f), case.argnums))(*case.args())
+        missing = primitives_of(grad_jaxpr.jaxpr) - supported
+        assert not missing, f"{case.id}: no rule for {sorted(missing)}"

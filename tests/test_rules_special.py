@@ -19,6 +19,7 @@ from gradcheck import (
     assert_trees_close,
     assert_uses,
     check,
+    primitives_of,
     randn,
     weighted_sum,
 )
@@ -268,3 +269,14 @@ def test_entr_of_a_python_float_eagerly():
     """Known failure outside these rules: eager fg.grad of entr at a Python float (a weak-typed
     scalar) crashes in the eager select_n shortcut; arrays and jit are right."""
     assert_trees_close(fg.grad(special.entr)(0.7), jax.grad(special.entr)(0.7))
+
+
+def test_closure_backward_pass_uses_only_supported_primitives():
+    """Every primitive these rules emit has a rule, but for d/da igamma's igamma_grad_a, which
+    JAX does not differentiate either."""
+    supported = fg.supported_primitives() | {"igamma_grad_a"}
+    for case in CASES:
+        grad_jaxpr = jax.make_jaxpr(fg.grad(weighted_sum(case.f), case.argnums))(*case.args())
+        missing = primitives_of(grad_jaxpr.jaxpr) - supported
+        assert not missing, f"{case.id}: no rule for {sorted(missing)}"
+    assert "igamma_grad_a" not in fg.supported_primitives()
