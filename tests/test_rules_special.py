@@ -130,6 +130,13 @@ def test_i1e_slope_at_zero_is_one_half():
     np.testing.assert_array_equal(fg.grad(lambda x: jnp.sum(special.i1e(x)))(x), [0.5] * 3)
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, np.float16], ids=["bf16", "f16"])
+def test_bessel_in_low_precision(dtype):
+    """eps (the i1e guard) is the input dtype's: bfloat16 and float16 have their own."""
+    x = jnp.array([0.0, 0.004, 0.5, -2.0, 7.0], dtype)
+    assert_grads_match(lambda x: jnp.sum(special.i0e(x) * special.i1e(x)), x)
+
+
 # ---- vmap ------------------------------------------------------------------------------------
 def special_mix(x):
     """One scalar function of x reaching every special-function rule that is smooth in x."""

@@ -13,7 +13,7 @@ own: ``jax.scipy.special.zeta`` is a ``custom_jvp`` function, handled by the cus
 from __future__ import annotations
 
 import numpy as np
-from jax import lax
+from jax import dtypes, lax
 from jax.extend.core import primitives as prims
 
 from funcgrad.interpret.registry import vjp_rule
@@ -78,7 +78,7 @@ def bessel_i1e_vjp(ct, x, *, out):
 
     At |x| <= eps, where 1/x is useless, the slope is its limit 1/2, as in JAX.
     """
-    eps = const(x, np.finfo(dtype_of(x)).eps)
+    eps = const(x, dtypes.finfo(dtype_of(x)).eps)
     not_tiny = lax.gt(lax.abs(x), eps)
     safe_x = select(not_tiny, x, lax.full_like(x, eps))
     slope = lax.sub(
@@ -152,7 +152,7 @@ def random_gamma_vjp(ct, key, a, *, out, log_space):
     """
     if log_space:
         sample = lax.exp(out)
-        tiny = lax.full_like(sample, np.finfo(dtype_of(sample)).tiny)
+        tiny = lax.full_like(sample, dtypes.finfo(dtype_of(sample)).tiny)
         sample = select(lax.eq(sample, const(sample, 0)), tiny, sample)
         slope = lax.div(lax.random_gamma_grad(a, sample), sample)
     else:
