@@ -108,9 +108,9 @@ def test_rule_matches_jax_eagerly(name, dtype):
         check(BY_ID[name], dtype, eager=True, jit=False)
 
 
-FLOAT64 = ["fft-complex", "fft-n-pads", "fft2", "ifftn-axes", "rfft-even", "rfft-odd",
-           "rfft-n-crops", "rfft2", "rfftn-3d-odd", "irfft-even", "irfft-odd", "irfft-n-pads",
-           "irfft2", "irfftn-3d-odd", "hfft"]
+FLOAT64 = ["fft-complex", "fft-n-pads", "ifft-complex", "fft2", "fftn-3d", "ifftn-axes",
+           "rfft-even", "rfft-odd", "rfft-n-crops", "rfft2", "rfftn-3d-odd", "irfft-even",
+           "irfft-odd", "irfft-n-pads", "irfft2", "irfftn-3d-odd", "hfft"]
 
 
 @pytest.mark.parametrize("name", FLOAT64)

@@ -103,7 +103,8 @@ def test_rule_matches_jax(case):
     check(case, eager=False, jit=True)
 
 
-FLOAT64 = [c.id for c in CASES if not c.id.startswith("random.")] + ["random.gamma"]
+FLOAT64 = [c.id for c in CASES if not c.id.startswith("random.")] + [
+    "random.gamma", "random.beta", "random.dirichlet"]
 
 
 @pytest.mark.parametrize("name", FLOAT64)
