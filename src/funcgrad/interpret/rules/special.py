@@ -98,6 +98,7 @@ def _gamma_density(a, x):
 
 
 def _igamma_cts(ct, a, x, needs, sign: float):
+    """Cotangents of (a, x) for ``sign * igamma(a, x)`` (+ constant)."""
     ct = lax.mul(ct, const(ct, sign)) if sign < 0 else ct
     return (
         unbroadcast(lax.mul(ct, lax.igamma_grad_a(a, x)), a) if needs[0] else None,
@@ -145,10 +146,12 @@ def regularized_incomplete_beta_vjp(ct, a, b, x, *, needs):
 
 @vjp_rule(prims.random_gamma_p, reads=(1,))
 def random_gamma_vjp(ct, key, a, *, out, log_space):
-    """d sample / da of a Gamma(a, 1) sample, by implicit reparameterization (Figurnov et al.
-    2018): with the sample x held at its CDF level, dx/da = -(dP(a, x)/da) / (dP(a, x)/dx),
-    which ``lax.random_gamma_grad`` evaluates. In log space (``loggamma``) d log x = dx / x, with
-    an x that underflowed to 0 read as the smallest normal number, as JAX does.
+    """A Gamma(a, 1) sample x moves with a at a fixed CDF level: dx/da = -(dP/da) / (dP/dx).
+
+    Implicit reparameterization (Figurnov et al. 2018, "Implicit Reparameterization Gradients"),
+    evaluated by ``lax.random_gamma_grad`` (a series in ``while`` loops, so no second reverse-mode
+    derivative, as in JAX). In log space (``loggamma``) d log x = dx / x, with an x that
+    underflowed to 0 read as the smallest normal number, as JAX does. The key gets none.
     """
     if log_space:
         sample = lax.exp(out)
