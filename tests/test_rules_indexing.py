@@ -1,4 +1,5 @@
-"""Indexing rules (dynamic slices, gather, the scatters, sort, top_k) held against jax.grad.
+"""Indexing rules (dynamic slices, gather, the scatters, sort, top_k, approx_top_k) held against
+jax.grad.
 
 Every case is user code (``x[i]``, ``x[jnp.arange(n), y]``, ``take_along_axis``, ``x.at[i].set``,
 ``jnp.sort``, ...) and names the primitive it must reach; test_rules_table.py checks every case of
@@ -19,6 +20,7 @@ from gradcheck import (
     assert_uses,
     assert_vjp_matches,
     primitives_of,
+    randint,
     randn,
     weighted_sum,
 )
@@ -182,13 +184,22 @@ CASES = [
     Case("top_k-axis0-with-indices", "top_k", lambda x: lax.top_k(x, 3, axis=0),
          lambda: (x54(),)),
     Case("top_k-all", "top_k", lambda x: lax.top_k(x, 4)[0] * 2.0, lambda: (x54(),)),
+    # approx_max_k / approx_min_k (exact on CPU)
+    Case("approx_max_k", "approx_top_k", lambda x: lax.approx_max_k(x, 2)[0], lambda: (x54(),)),
+    Case("approx_min_k-axis0-with-indices", "approx_top_k",
+         lambda x: lax.approx_min_k(x, 3, reduction_dimension=0), lambda: (randn(44, 6, 3),)),
+    Case("approx_max_k-ties", "approx_top_k", lambda x: lax.approx_max_k(x, 3)[0],
+         lambda: (randint(45, 4, 7),)),
+    Case("approx_max_k-not-aggregated", "approx_top_k",
+         lambda x: lax.approx_max_k(x, 2, aggregate_to_topk=False)[0], lambda: (randn(46, 3, 8),)),
 ]
 
 BY_ID = {c.id: c for c in CASES}
 
 
 FLOAT64 = ["dynamic_update_slice", "take_along_axis", "gather-windows-fill", "x.at[i].add(u)",
-           "x.at[i].set(u) repeated", "x.at[i].max(u)", "jnp.sort", "top_k"]
+           "x.at[i].set(u) repeated", "x.at[i].max(u)", "jnp.sort", "top_k",
+           "approx_min_k-axis0-with-indices"]
 
 
 @pytest.mark.parametrize("name", FLOAT64)
@@ -200,7 +211,8 @@ def test_rule_matches_jax_in_float64(name):
         assert_grads_match(weighted_sum(case.f), *args, argnums=case.argnums, jit=False)
 
 
-@pytest.mark.parametrize("name", ["top_k-axis0-with-indices", "lax.sort-key-and-payload",
+@pytest.mark.parametrize("name", ["top_k-axis0-with-indices", "approx_min_k-axis0-with-indices",
+                                  "lax.sort-key-and-payload",
                                   "dynamic_update_slice", "x[arange(n), y] (NLL)"])
 def test_vjp_with_random_cotangents(name):
     """jax.vjp's contract, int outputs and int inputs (float0 cotangents) included."""
@@ -417,7 +429,7 @@ def indexing_soup(x, i):
     y = y.at[jnp.array([1, 1, 4])].add(rows).at[jnp.array([2, 0, 2])].set(rows * x[4])
     y = y.at[jnp.array([0, 3])].multiply(x[1:3] + 2.0, unique_indices=True)
     y = y.at[jnp.array([4, 4])].max(x[:2] * 0.5)
-    s = jnp.sort(y, axis=1) + lax.top_k(y, 4)[0]
+    s = jnp.sort(y, axis=1) + lax.top_k(y, 4)[0] + lax.approx_min_k(y, 4)[0]
     return jnp.sum(jnp.tanh(s) * jnp.arange(20.0).reshape(5, 4))
 
 
@@ -427,7 +439,7 @@ SOUP_X = randn(40, 5, 4)
 def test_indexing_soup_uses_every_primitive():
     used = primitives_of(jax.make_jaxpr(indexing_soup)(SOUP_X, jnp.int32(1)).jaxpr)
     family = {"gather", "dynamic_slice", "dynamic_update_slice", "scatter-add", "scatter",
-              "scatter-mul", "scatter-max", "sort", "top_k"}
+              "scatter-mul", "scatter-max", "sort", "top_k", "approx_top_k"}
     assert family <= used, sorted(family - used)
 
 

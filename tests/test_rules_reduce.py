@@ -29,6 +29,41 @@ from jax import lax
 
 import funcgrad as fg
 
+
+# ---- helpers -------------------------------------------------------------------------------
+def max_with_index(a, b):
+    """The argmax pair reduction: the larger value and its index (the first on a tie)."""
+    (a_value, a_index), (b_value, b_index) = a, b
+    first = a_value >= b_value
+    return jnp.where(first, a_value, b_value), jnp.where(first, a_index, b_index)
+
+
+def max_and_argmax(x, axis=1, index_dtype=None):
+    """lax.reduce over (x, its index along ``axis``) with :func:`max_with_index`.
+
+    A float index is ``iota + 0 * x``: JAX's JVP of reduce fails on an operand whose tangent is
+    a symbolic zero (a constant iota, or any integer operand), so the comparisons with jax.grad
+    carry a float index that depends on x; funcgrad takes either.
+    """
+    if index_dtype is None:
+        index = lax.broadcasted_iota(x.dtype, x.shape, axis) + 0 * x
+    else:
+        index = lax.broadcasted_iota(index_dtype, x.shape, axis)
+    init = (jnp.array(-jnp.inf, x.dtype), jnp.array(0, index.dtype))
+    return lax.reduce((x, index), init, max_with_index, (axis,))
+
+
+def smooth_fold(x):
+    """A single-operand reduce whose computation is no monoid lax recognises."""
+    return lax.reduce(x, jnp.array(0.0, x.dtype), lambda a, b: a * 0.5 + jnp.sin(b), (0,))
+
+
+def weighted_pair_sum(x, y):
+    """Two operands reduced together over two axes: (sum of x*y-products, product of y)."""
+    init = (jnp.array(0.0, x.dtype), jnp.array(1.0, y.dtype))
+    return lax.reduce((x, y), init, lambda p, q: (p[0] + q[0] * q[1], p[1] * q[1]), (0, 2))
+
+
 # ---- the cases -----------------------------------------------------------------------------
 CASES = [
     # reduce_sum
@@ -79,17 +114,26 @@ CASES = [
          lambda: (randn(31, 7, 2),)),
     Case("cumlogsumexp-wide-range", "cumlogsumexp", lambda x: lax.cumlogsumexp(x, 0),
          lambda: (jnp.array([-80.0, 0.0, 60.0, 59.0, -90.0, 60.5]),)),
+    # general reduce: custom computations, several operands
+    Case("reduce-max-with-index", "reduce", max_and_argmax, lambda: (randn(32, 3, 7),)),
+    Case("reduce-max-with-index-ties", "reduce", lambda x: max_and_argmax(x, axis=0),
+         lambda: (randint(33, 6, 4),)),
+    Case("reduce-custom-computation", "reduce", smooth_fold, lambda: (randn(34, 5, 3),)),
+    Case("reduce-two-operands-two-axes", "reduce", weighted_pair_sum,
+         lambda: (randn(35, 3, 2, 5), randn(36, 3, 2, 5)), (0, 1)),
 ]
 # Eager jax.grad of a cumulative scan compiles dozens of small programs (seconds per case): the
 # table (test_rules_table.py) checks these cases eagerly and under jit, the others under jit only.
 EAGER = {"sum-axes", "max-ties", "prod-with-zeros", "cumsum-reverse", "cumprod-with-zeros",
-         "cummin-reverse", "cumlogsumexp"}
+         "cummin-reverse", "cumlogsumexp", "reduce-max-with-index-ties",
+         "reduce-two-operands-two-axes"}
 CASES = [replace(case, eager=case.id in EAGER) for case in CASES]
 BY_ID = {c.id: c for c in CASES}
 
 
 FLOAT64 = ["sum-axes", "max-axes", "min-ties", "prod-axes", "prod-with-zeros", "cumsum",
-           "cumprod-with-zeros-reverse", "cummax-reverse", "cummin", "cumlogsumexp-reverse"]
+           "cumprod-with-zeros-reverse", "cummax-reverse", "cummin", "cumlogsumexp-reverse",
+           "reduce-max-with-index", "reduce-custom-computation", "reduce-two-operands-two-axes"]
 
 
 @pytest.mark.parametrize("name", FLOAT64)
@@ -204,6 +248,67 @@ def test_cumlogsumexp_infinities_as_jax(x, reverse):
         return jnp.sum(lax.cumlogsumexp(x, reverse=reverse) * jnp.array([1.0, -2.0, 3.0]))
 
     np.testing.assert_allclose(fg.grad(loss)(x), jax.jit(jax.grad(loss))(x), rtol=1e-6, atol=1e-6)
+
+
+# ---- general reduce: JAX's combination tree, exactly ---------------------------------------
+def test_general_reduce_ties_follow_jax_tree():
+    """Ties in a pair reduction: which element wins is decided by the order of combination,
+    JAX's halving tree, for every length 1..9 (odd lengths pad with the init value)."""
+    xs = [randint(n, 2, n, high=2) for n in range(1, 10)]
+
+    def loss(xs):
+        return sum(weighted_sum(max_and_argmax, integer_weights=True)(x) for x in xs)
+
+    for g, w in zip(fg.grad(loss)(xs), jax.jit(jax.grad(loss))(xs)):
+        assert_exactly(g, w)
+
+
+def test_general_reduce_with_an_integer_index():
+    """An int32 index operand gets no cotangent (JAX's JVP crashes on it: see max_and_argmax);
+    the value's gradient equals the one with a float index."""
+    x = randint(37, 4, 6)
+
+    def values(x, index_dtype):
+        return weighted_sum(lambda x: max_and_argmax(x, index_dtype=index_dtype)[0])(x)
+
+    want = jax.grad(values)(x, None)
+    assert_exactly(fg.grad(values)(x, jnp.int32), want)
+    assert_exactly(jax.jit(fg.grad(values), static_argnums=1)(x, jnp.int32), want)
+    out, pull = fg.vjp(lambda x: max_and_argmax(x, index_dtype=jnp.int32), x)
+    ct_x = pull((jnp.ones_like(out[0]), np.zeros(out[1].shape, jax.dtypes.float0)))[0]
+    assert_exactly(ct_x, jax.grad(lambda x: jnp.sum(max_and_argmax(x)[0]))(x))
+
+
+@pytest.mark.parametrize("shape", [(0, 3), (1, 3)], ids=["empty", "length-1"])
+def test_general_reduce_edge_lengths(shape):
+    x = randn(38, *shape)
+    loss = weighted_sum(lambda x: smooth_fold(x) + max_and_argmax(x, axis=0)[0])
+    got = fg.grad(loss)(x)
+    assert got.shape == shape
+    assert_trees_close(got, jax.jit(jax.grad(loss))(x))
+
+
+def test_general_reduce_refuses_init_values_like_jax():
+    def f(init):
+        return jnp.sum(lax.reduce(jnp.arange(1.0, 4.0), init, lambda a, b: a * b + 1.0, (0,)))
+
+    with pytest.raises(NotImplementedError, match="initial values"):
+        jax.grad(f)(2.0)
+    with pytest.raises(NotImplementedError, match="not its init values"):
+        fg.grad(f)(2.0)
+
+
+def test_general_reduce_vmap_and_second_order():
+    x, y = randn(39, 2, 3, 2, 5), randn(40, 2, 3, 2, 5)  # a batch of 2
+    loss = weighted_sum(weighted_pair_sum)
+    want = jax.jit(jax.vmap(jax.grad(loss, (0, 1))))(x, y)
+    assert_trees_close(jax.jit(jax.vmap(fg.grad(loss, (0, 1))))(x, y), want)
+    with jax.enable_x64(True):
+        z = randn(41, 4, 3, dtype=np.float64)
+        fold = weighted_sum(smooth_fold)
+        assert_trees_close(jax.jit(fg.hessian(fold))(z), jax.jit(jax.hessian(fold))(z))
+        pair = weighted_sum(lambda z: max_and_argmax(z, axis=0))
+        assert_trees_close(fg.hessian(pair)(z), jax.jit(jax.hessian(pair))(z))
 
 
 # ---- vmap and second order -----------------------------------------------------------------

@@ -46,6 +46,10 @@ CASES = [
     Case("reshape", "reshape", lambda x: x.reshape(6, 4), lambda: (randn(6, 2, 3, 4),)),
     Case("reshape-scalar", "reshape", lambda x: jnp.reshape(x, (1, 1)), lambda: (randn(7),)),
     Case("ravel", "reshape", jnp.ravel, lambda: (randn(8, 3, 2),)),
+    Case("lax.reshape-dimensions", "reshape",
+         lambda x: lax.reshape(x, (4, 6), dimensions=(2, 0, 1)), lambda: (randn(42, 2, 3, 4),)),
+    Case("lax.reshape-dimensions-2d", "reshape",
+         lambda x: lax.reshape(x, (15,), dimensions=(1, 0)), lambda: (randn(43, 3, 5),)),
     Case("squeeze", "squeeze", jnp.squeeze, lambda: (randn(9, 1, 3, 1, 2),)),
     Case("squeeze-axis", "squeeze", lambda x: jnp.squeeze(x, axis=2),
          lambda: (randn(10, 2, 3, 1),)),
@@ -105,8 +109,8 @@ CASES = [
 BY_ID = {c.id: c for c in CASES}
 
 
-FLOAT64 = ["broadcast-size1-dims", "transpose", "concatenate", "split", "stack", "tile",
-           "x[::3] (stride past the end)", "lax.pad-negative-interior"]
+FLOAT64 = ["broadcast-size1-dims", "lax.reshape-dimensions", "transpose", "concatenate", "split",
+           "stack", "tile", "x[::3] (stride past the end)", "lax.pad-negative-interior"]
 
 
 @pytest.mark.parametrize("name", FLOAT64)
@@ -242,7 +246,7 @@ def layout_soup(x):
     a = jnp.concatenate([x, jnp.flip(x, 0)], axis=1)  # (4, 6)
     b, c = jnp.split(a, [2], axis=0)  # (2, 6), (2, 6)
     d = jnp.stack([b, c * b], axis=-1).transpose(2, 0, 1)  # (2, 2, 6)
-    e = jnp.tile(d[:, :, 1::2], (1, 2, 1)).reshape(2, 12)  # (2, 12)
+    e = lax.reshape(jnp.tile(d[:, :, 1::2], (1, 2, 1)), (2, 12), dimensions=(0, 2, 1))
     f = lax.pad(e, 0.5, ((1, -1, 0), (-2, 1, 1)))  # (2, 22)
     g = jnp.unstack(f[:, :, None], axis=0)[0].squeeze(1)  # (22,)
     return jnp.sum(jnp.tanh(g) * jnp.arange(g.shape[0], dtype=g.dtype)) + jnp.sum(x[:, None] ** 3)

@@ -1,9 +1,10 @@
-"""VJP rules for elementwise primitives: arithmetic, powers, transcendental and special functions,
-piecewise-constant rounding, complex parts, and identity-like layout hints.
+"""VJP rules for elementwise primitives: arithmetic, powers, exponentials, trigonometric and
+hyperbolic functions, piecewise-constant rounding, complex parts, and identity-like layout hints.
+(The special functions, ``erf`` to ``igamma``, are in ``special.py``.)
 
 Each rule is the derivative of its primitive times the output cotangent, summed back over any
 implicit broadcasting of n-ary ops (``unbroadcast``: rank-0 operands and size-1 dims). The formulas
-are JAX's own (``jax/_src/lax/lax.py``, ``special.py``), transposed by hand and written with the
+are JAX's own (``jax/_src/lax/lax.py``), transposed by hand and written with the
 same grouping of operations, so that funcgrad and ``jax.grad`` agree to the last few ULPs and put
 their NaNs and infinities in the same places: ``max`` splits ties 0.5/0.5, ``abs'(0) = 1``,
 ``sqrt'(0) = inf``, ``pow(x, 0.0)`` at 0 is NaN, ``clamp`` is strict at its bounds.
@@ -25,6 +26,7 @@ from jax import dtypes, lax
 from jax.experimental.layout import with_layout_constraint
 from jax.extend.core import primitives as prims
 
+from funcgrad.interpret.errors import NotDifferentiableError
 from funcgrad.interpret.registry import vjp_rule, zero_vjp
 from funcgrad.interpret.rules._common import (
     balanced_eq,
@@ -347,47 +349,6 @@ def atanh_vjp(ct, x):  # d atanh(x) = 1 / ((1 + x)(1 - x))
     return (lax.div(lax.mul(lax.integer_pow(lax.add(one, x), -1), ct), lax.sub(one, x)),)
 
 
-# ---- special functions --------------------------------------------------------------------------
-
-
-@vjp_rule(lax.erf_p)
-def erf_vjp(ct, x):  # d erf(x) = 2/sqrt(pi) exp(-x^2)
-    gauss = lax.exp(lax.neg(lax.square(x)))
-    return (lax.mul(lax.mul(const(x, 2.0 / np.sqrt(np.pi)), ct), gauss),)
-
-
-@vjp_rule(lax.erfc_p)
-def erfc_vjp(ct, x):  # d erfc(x) = -2/sqrt(pi) exp(-x^2)
-    gauss = lax.exp(lax.neg(lax.square(x)))
-    return (lax.mul(lax.mul(const(x, -2.0 / np.sqrt(np.pi)), ct), gauss),)
-
-
-@vjp_rule(lax.erf_inv_p)
-def erf_inv_vjp(ct, x, *, out):  # d erf^-1(x) = sqrt(pi)/2 exp(erf^-1(x)^2)
-    return (lax.mul(lax.mul(const(x, np.sqrt(np.pi) / 2.0), ct), lax.exp(lax.square(out))),)
-
-
-@vjp_rule(lax.lgamma_p)
-def lgamma_vjp(ct, x):  # d log|Gamma(x)| = digamma(x)
-    return (lax.mul(ct, lax.digamma(x)),)
-
-
-@vjp_rule(lax.digamma_p)
-def digamma_vjp(ct, x):  # d digamma(x) = polygamma(1, x)
-    return (lax.mul(ct, lax.polygamma(const(x, 1), x)),)
-
-
-@vjp_rule(lax.polygamma_p)
-def polygamma_vjp(ct, m, x, *, needs):
-    """d polygamma(m, x) / dx = polygamma(m + 1, x); the order m is not differentiable."""
-    if needs[0]:
-        raise ValueError(
-            "polygamma(m, x) is not differentiable with respect to its order m (JAX raises too); "
-            "pass m as a constant or wrap it in lax.stop_gradient"
-        )
-    return (None, unbroadcast(lax.mul(ct, lax.polygamma(lax.add(m, const(m, 1)), x)), x))
-
-
 # ---- piecewise constant: zero cotangent (JAX defines the derivative as zero) --------------------
 
 zero_vjp(
@@ -475,7 +436,7 @@ def device_put_vjp(cts, *xs, devices, srcs, copy_semantics, needs):
         return [None] * len(xs)
     semantics = type(copy_semantics[0])
     if any(copy_semantics[i] == semantics.DONATE_INPUT for i in moved):
-        raise ValueError("funcgrad: cannot differentiate device_put(..., donate=True)")
+        raise NotDifferentiableError("funcgrad: cannot differentiate device_put(..., donate=True)")
     back_to = []
     for i in moved:
         space = jax.typeof(xs[i]).memory_space

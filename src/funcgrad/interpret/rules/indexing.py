@@ -1,4 +1,4 @@
-"""VJP rules for indexing: dynamic slices, gather, the scatters, sort and top_k.
+"""VJP rules for indexing: dynamic slices, gather, the scatters, sort, top_k and approx_top_k.
 
 Gather and scatter-add are each other's transposes: a gather reads windows of the operand at the
 given indices, so its cotangent is a scatter-*add* of ``ct`` into zeros (two reads of one element
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 from jax import lax
+from jax.extend.core import primitives as prims
 
 from funcgrad.interpret.errors import NotDifferentiableError
 from funcgrad.interpret.registry import higher_order_rule, vjp_rule
@@ -336,4 +337,18 @@ def top_k_vjp(cts, x, *, out, axis=-1):
         return (None,)
     axis = axis % np.ndim(x)
     # JAX's JVP gathers with the default mode (FILL_OR_DROP); its transpose scatters with it too.
+    return (_add_back_along(ct_values, out[1], axis, np.shape(x), _MODES.FILL_OR_DROP),)
+
+
+@vjp_rule(prims.approx_top_k_p)
+def approx_top_k_vjp(cts, x, *, out, reduction_dimension):
+    """As top_k: the values' ct added back at the returned indices along the reduction dimension.
+
+    On CPU the "approximate" top-k is exact; where it is approximate (TPU), the gradient goes to
+    the values it did return, as JAX's does.
+    """
+    ct_values = cts[0]
+    if ct_values is None:
+        return (None,)
+    axis = reduction_dimension % np.ndim(x)
     return (_add_back_along(ct_values, out[1], axis, np.shape(x), _MODES.FILL_OR_DROP),)

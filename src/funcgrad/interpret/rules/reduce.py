@@ -5,6 +5,10 @@ positions that attained the extremum (shared equally among ties, as JAX does). P
 product of the *other* elements, computed from exclusive prefix and suffix products, so that a
 zero in the input needs no division.
 
+A general ``lax.reduce`` (a custom computation, or several operands reduced together, such as an
+argmax carried with its value) is differentiated as JAX differentiates it: through the balanced
+tree of pairwise combinations JAX's JVP evaluates (:class:`ReduceVjp`).
+
 The cumulative ops (``cumsum``, ``cumprod``, ``cummax``, ``cummin``, ``cumlogsumexp``) follow
 JAX, which differentiates its ``associative_scan`` implementation of them: for ``cummax`` and
 ``cummin`` that tree decides how a tie shares its cotangent, so the rule walks the same tree
@@ -13,14 +17,22 @@ backwards (:func:`_scan_chooser_vjp`).
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 from jax import lax
+from jax.extend.core import Literal, jaxpr_as_fun
+from jax.extend.core import primitives as prims
 
-from funcgrad.interpret.registry import vjp_rule
+from funcgrad.interpret.backward import backward
+from funcgrad.interpret.errors import NotDifferentiableError, source_line
+from funcgrad.interpret.registry import higher_order_rule, vjp_rule
 from funcgrad.interpret.rules._common import balanced_eq, scalar
+from funcgrad.interpret.trace import evaluate, jaxpr_activity
 
 # ---- helpers --------------------------------------------------------------------------------
 
@@ -111,6 +123,96 @@ def reduce_prod_vjp(ct, x, *, axes):
         others = lax.reshape(_prod_of_others(flat, 0), tuple(shape[d] for d in perm))
         others = lax.transpose(others, tuple(int(i) for i in np.argsort(perm)))
     return (lax.mul(_broadcast_back(ct, x, axes), others),)
+
+
+# ---- general reductions: lax.reduce with a custom computation ---------------------------------
+
+
+def _reduce_by_halves(combine, init_values, operands, axes):
+    """``operands`` reduced over ``axes`` by a balanced tree of ``combine`` calls, as JAX's JVP
+    does: the reduced axes are flattened into one leading axis (in ``axes`` order), then its
+    first half is combined with its second, the second padded with the init values when the
+    length is odd, until one element is left.
+    """
+    shape = np.shape(operands[0])
+    kept = [d for d in range(len(shape)) if d not in axes]
+    kept_shape = tuple(shape[d] for d in kept)
+    size = math.prod(shape[d] for d in axes)
+    perm = (*axes, *kept)
+    xs = [lax.reshape(lax.transpose(x, perm), (size, *kept_shape)) for x in operands]
+    if size == 0:
+        return [lax.full(kept_shape, v) for v in init_values]
+    while size > 1:
+        half = (size + 1) // 2
+        firsts = [_slice(x, 0, 0, half) for x in xs]
+        seconds = [_slice(x, 0, half, size) for x in xs]
+        if size % 2:
+            seconds = [
+                lax.pad(x, v, [(0, 1, 0)] + [(0, 0, 0)] * len(kept))
+                for x, v in zip(seconds, init_values)
+            ]
+        xs = combine(*firsts, *seconds)
+        size = half
+    return [lax.reshape(x, kept_shape) for x in xs]
+
+
+@functools.lru_cache(maxsize=256)
+def _reduction_tree(computation: Any, axes: tuple[int, ...], avals: tuple[Any, ...]) -> Any:
+    """The jaxpr of :func:`_reduce_by_halves` for a reduce equation with these inputs."""
+    n = len(avals) // 2
+    combine = jaxpr_as_fun(computation)
+    for _ in range(len(avals[0].shape) - len(axes) + 1):  # elementwise over the remaining axes
+        combine = jax.vmap(combine)
+
+    def tree(*args):
+        return _reduce_by_halves(combine, args[n:], args[:n], axes)
+
+    shapes = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
+    return jax.make_jaxpr(tree)(*shapes)
+
+
+def _tree_of(eqn) -> Any:
+    return _reduction_tree(
+        eqn.params["jaxpr"], tuple(eqn.params["dimensions"]), tuple(v.aval for v in eqn.invars)
+    )
+
+
+@higher_order_rule(prims.reduce_p)
+class ReduceVjp:
+    """``lax.reduce`` with a custom computation: the VJP of JAX's tree of pairwise combinations.
+
+    ``reduce(xs, inits, f, axes)`` leaves the order of combination to XLA, so its derivative
+    depends on an order. JAX's JVP picks one (:func:`_reduce_by_halves`) and differentiates it;
+    so does funcgrad: when a gradient will flow, the forward pass evaluates that tree (the same
+    values, up to the order of ``f``'s combinations) and keeps its trace, whose backward pass
+    gives the cotangents, ties and all, of ``jax.grad``. Integer operands (an argmax carried with
+    its value) get none. Like JAX, funcgrad refuses to differentiate the init values.
+    """
+
+    def forward(self, eqn, invals, active):
+        n = len(invals) // 2
+        if not any(active):
+            return list(eqn.primitive.bind(*invals, **eqn.params)), [False] * n, None
+        if any(active[n:]):
+            raise NotDifferentiableError(
+                f"lax.reduce at {source_line(eqn)}: funcgrad, like jax.grad, differentiates a "
+                "general reduction with respect to its operands only, not its init values; "
+                "pass constant init values (or wrap them in lax.stop_gradient)"
+            )
+        tree = _tree_of(eqn)
+        sub = evaluate(tree.jaxpr, tree.consts, invals, active)
+        out_active = [
+            not isinstance(v, Literal) and v in sub.active for v in tree.jaxpr.outvars
+        ]
+        return sub.outputs, out_active, sub
+
+    def outputs_active(self, eqn, active):
+        if not any(active):
+            return [False] * len(eqn.outvars)
+        return jaxpr_activity(_tree_of(eqn).jaxpr, active)
+
+    def backward(self, eqn, invals, record, cts, needs):
+        return backward(record, cts)
 
 
 # ---- cumulative reductions ------------------------------------------------------------------

@@ -29,8 +29,16 @@ def broadcast_in_dim_vjp(ct, x, *dyn_shape, shape, broadcast_dimensions):
 
 
 @vjp_rule(lax.reshape_p, reads=())
-def reshape_vjp(ct, x, *dyn_shape):  # reshape is a relabelling: reshape ct back
-    return (lax.reshape(ct, np.shape(x)), *([None] * len(dyn_shape)))
+def reshape_vjp(ct, x, *dyn_shape, dimensions=None):
+    """A reshape relabels elements: reshape ct back. With ``dimensions`` (a permutation), x is
+    transposed by it before the reshape, so ct is reshaped to the transposed shape and
+    transposed back."""
+    if dimensions is None:
+        return (lax.reshape(ct, np.shape(x)), *([None] * len(dyn_shape)))
+    transposed_shape = tuple(np.shape(x)[d] for d in dimensions)
+    inverse = tuple(int(i) for i in np.argsort(dimensions))
+    grad_x = lax.transpose(lax.reshape(ct, transposed_shape), inverse)
+    return (grad_x, *([None] * len(dyn_shape)))
 
 
 @vjp_rule(lax.squeeze_p, reads=())
