@@ -327,19 +327,12 @@ def test_user_level_second_order(name):
 @pytest.mark.parametrize("name", ["det-1x1", "det-batched-1x1", "det-4x4", "slogdet-4x4"])
 @pytest.mark.parametrize("jit", [True, False], ids=["jit", "eager"])
 def test_det_under_vmap_and_second_order(name, jit):
-    """Eagerly this hits a known interpreter bug, not a rule's: the tangent part of det's and
-    slogdet's custom JVP applies a nested ``jit`` (``jnp.trace``, ``solve``) to the tangent; the
-    linear evaluation of that part (``trace._evaluate_linear``) runs the call through
-    ``CallVjp.forward``, which evaluates the body non-linearly and binds primitives on the
-    tangent stand-ins (ShapeDtypeStruct). Under ``jax.jit`` JAX keeps them as dead constants;
-    an eager ``vmap`` or outer ``fg.grad`` executes them: 'ShapeDtypeStruct is not a valid JAX
-    type'. The test passes as soon as the interpreter is fixed."""
+    """The tangent part of det's and slogdet's custom JVP applies a nested ``jit``
+    (``jnp.trace``, ``solve``) to the tangent, which the linear evaluation must run on zeros,
+    not on shape-only stand-ins (this once crashed eagerly with 'ShapeDtypeStruct is not a
+    valid JAX type')."""
     f, make_args = USER_LEVEL[name]
     with jax.enable_x64(True):
         args = make_args()
-        try:
-            check_vmap(weighted_sum(f), *args, jit=jit)
-            check_hessian(weighted_sum(f), *args, jit=jit)
-        except TypeError as err:
-            assert not jit and "ShapeDtypeStruct" in str(err)
-            pytest.xfail("custom_jvp tangent part through a nested jit (interpreter bug)")
+        check_vmap(weighted_sum(f), *args, jit=jit)
+        check_hessian(weighted_sum(f), *args, jit=jit)

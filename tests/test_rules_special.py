@@ -243,11 +243,6 @@ USER_LEVEL = {
     "stats.gamma.sf": (lambda x, a: stats.gamma.sf(x, a), lambda: (positive(86, 5),
                                                                    positive(87, 5))),
 }
-# Known failures outside these rules, in the eager interpreter (reported for issue 13); strict,
-# so that the fix turns them into failures here until the marks go:
-EAGER_FAILS = {
-    "zeta": "eager custom_jvp transposition reads a pruned residual (ShapeDtypeStruct)",
-}
 
 
 @pytest.mark.parametrize("name", USER_LEVEL)
@@ -259,11 +254,7 @@ def test_user_level_function_in_float64(name):
         assert_grads_match(weighted_sum(f), *args, argnums=argnums, eager=False, jit=True)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=EAGER_FAILS[name]))
-    if name in EAGER_FAILS else name
-    for name in USER_LEVEL
-])
+@pytest.mark.parametrize("name", USER_LEVEL)
 def test_user_level_function_in_float64_eagerly(name):
     f, make_args = USER_LEVEL[name]
     with jax.enable_x64(True):
@@ -272,10 +263,8 @@ def test_user_level_function_in_float64_eagerly(name):
         assert_grads_match(weighted_sum(f), *args, argnums=argnums, eager=True, jit=False)
 
 
-@pytest.mark.xfail(strict=True, reason="eager compiled select_n rule reads .shape of a Literal")
 def test_entr_of_a_python_float_eagerly():
-    """Known failure outside these rules: eager fg.grad of entr at a Python float (a weak-typed
-    scalar) crashes in the eager select_n shortcut; arrays and jit are right."""
+    """A weak-typed Python float reaches the eager select_n shortcut as a literal."""
     assert_trees_close(fg.grad(special.entr)(0.7), jax.grad(special.entr)(0.7))
 
 
