@@ -336,14 +336,9 @@ def evaluate(
         invals = [v.val if isinstance(v, Literal) else values[v] for v in eqn.invars]
         in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
         rule = shortcuts.higher_order_rule(eqn.primitive.name)
-        if rule is not None:
-            with enclosing(eqn), failures_named(eqn, "forward evaluation"):
-                outvals, out_active, record = rule.forward(eqn, invals, in_active)
-            if record is not None:
-                records[i] = record
-        else:
-            outvals = bind_eqn(eqn, invals)
-            out_active = [any(in_active) and passes_cotangents(eqn)] * len(eqn.outvars)
+        outvals, out_active, record = _run(eqn, rule, invals, in_active)
+        if record is not None:
+            records[i] = record
         for v, x, a in zip(eqn.outvars, outvals, out_active):
             if isinstance(v, DropVar):
                 continue
@@ -353,6 +348,15 @@ def evaluate(
         for v in drops.get(i, ()):
             del values[v]
     return Trace(jaxpr, consts, values, active, records, frozenset(invariant))
+
+
+def _run(eqn: JaxprEqn, rule: Any, invals: list[Any], in_active: list[bool]) -> tuple:
+    """(outputs, which are active, record) of one equation: bound, or through its rule."""
+    if rule is None:
+        active = any(in_active) and passes_cotangents(eqn)
+        return bind_eqn(eqn, invals), [active] * len(eqn.outvars), None
+    with enclosing(eqn), failures_named(eqn, "forward evaluation"):
+        return rule.forward(eqn, invals, in_active)
 
 
 def _evaluate_linear(
@@ -382,13 +386,10 @@ def _evaluate_linear(
             # A higher-order equation on tangents (a jit inside a custom JVP rule, say) is
             # evaluated for its residuals: on zero tangents, which it is linear in.
             invals = [_zeros_of(x) if isinstance(x, jax.ShapeDtypeStruct) else x for x in invals]
-            in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
-            with enclosing(eqn), failures_named(eqn, "forward evaluation"):
-                outvals, _, record = rule.forward(eqn, invals, in_active)
-            if record is not None:
-                records[i] = record
-        else:
-            outvals = bind_eqn(eqn, invals)
+        in_active = [not isinstance(v, Literal) and v in active for v in eqn.invars]
+        outvals, _, record = _run(eqn, rule, invals, in_active)
+        if record is not None:
+            records[i] = record
         for v, x in zip(eqn.outvars, outvals):
             if not isinstance(v, DropVar):
                 values[v] = x
