@@ -17,7 +17,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "funcgrad"
 
 LAYERS = [
-    {"_paths", "_args", "progress", "data", "checkpoint"},
+    {"_paths", "_args", "data", "checkpoint"},
     {"models", "losses"},
     {"interpret"},
     {"manual"},

@@ -10,6 +10,7 @@ import hashlib
 import http.server
 import io
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tqdm import tqdm
 
 import funcgrad as fg
 from funcgrad.data import (
@@ -31,7 +33,6 @@ from funcgrad.data import (
 from funcgrad.data import mnist as mnist_module
 from funcgrad.data.download import download
 from funcgrad.data.mnist import DatasetSpec, IDXFileSpec
-from funcgrad.progress import ProgressBar
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 SIZES = {"train": 50, "test": 20}
@@ -95,6 +96,7 @@ class Server:
     def __init__(self):
         self.routes: dict[str, bytes] = {}
         self.cut_short: set[str] = set()  # announce the full length, send half, hang up
+        self.no_length: set[str] = set()  # send no Content-Length (HTTP/1.0: the end is EOF)
         self.requests: list[str] = []
         server = self
 
@@ -106,7 +108,8 @@ class Server:
                     self.send_error(404)
                     return
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
+                if self.path not in server.no_length:
+                    self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body[: len(body) // 2] if self.path in server.cut_short else body)
 
@@ -258,15 +261,57 @@ def test_mirrors_from_the_environment(tiny, server, tmp_path, monkeypatch):
     assert (tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz").is_file()
 
 
-def test_download_draws_progress_only_when_asked(tiny, server, tmp_path, capsys):
+class FakeTerminal(io.StringIO):
+    """What tqdm sees on a terminal: a tty that takes UTF-8."""
+
+    encoding = "utf-8"
+
+    def isatty(self):
+        return True
+
+
+def test_download_draws_a_byte_bar_with_the_announced_size_on_terminals(
+    tiny, server, tmp_path, monkeypatch
+):
     mirror = server.mirror("mnist", tiny.gz)
     name = "t10k-images-idx3-ubyte.gz"
     size, digest = len(tiny.gz[name]), sha256(tiny.gz[name])
-    download([mirror + name], tmp_path / "a" / name, sha256=digest, size=size, progress=True)
+    total = tqdm.format_sizeof(size)  # as tqdm writes it: "15.7k"
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    # Default progress on a terminal; the size is not given, so the total is Content-Length's.
+    download([mirror + name], tmp_path / "a" / name, sha256=digest)
+    lines = terminal.getvalue().split("\r")
+    assert lines[0] == ""  # every draw starts at the beginning of the line
+    assert lines[1].startswith(f"{name}:   0%|          | 0.00/{total} [00:00<?, ?B/s, from ")
+    assert lines[-1].startswith(f"{name}: 100%|██████████| {total}/{total} [")
+    assert lines[-1].endswith("B/s, from 127.0.0.1]\n")
+    # Asked not to: nothing, even on a terminal.
+    before = terminal.getvalue()
+    download([mirror + name], tmp_path / "b" / name, sha256=digest, size=size, progress=False)
+    assert terminal.getvalue() == before
+
+
+def test_download_without_content_length_counts_bytes(tiny, server, tmp_path, capsys):
+    mirror = server.mirror("mnist", tiny.gz)
+    name = "t10k-images-idx3-ubyte.gz"
+    server.no_length.add(f"/mnist/{name}")
+    digest = sha256(tiny.gz[name])
+    download([mirror + name], tmp_path / name, sha256=digest, progress=True)  # a pipe, but asked
     err = capsys.readouterr().err
-    assert f"\r{name}: 100% |" in err and "from 127.0.0.1" in err and err.endswith("\n")
-    download([mirror + name], tmp_path / "b" / name, sha256=digest, size=size)  # not a terminal
-    assert capsys.readouterr().err == ""
+    last = err.split("\r")[-1]
+    assert last.startswith(f"{name}: {tqdm.format_sizeof(len(tiny.gz[name]))}B [")
+    assert "%" not in err and "|" not in err  # no total: no percentage, no bar
+    assert last.endswith("B/s, from 127.0.0.1]\n")
+
+
+def test_download_draws_nothing_into_logs(tiny, server, tmp_path, capsys):
+    mirror = server.mirror("mnist", tiny.gz)
+    name = "t10k-images-idx3-ubyte.gz"
+    size, digest = len(tiny.gz[name]), sha256(tiny.gz[name])
+    download([mirror + name], tmp_path / name, sha256=digest, size=size)  # not a terminal
+    load_mnist("mnist", "test", data_dir=tmp_path / "cache", mirrors=[mirror])
+    assert capsys.readouterr() == ("", "")
 
 
 # --- local files -------------------------------------------------------------------------------
@@ -390,7 +435,7 @@ def test_debian_fashion_mnist_is_found_and_accepted(tmp_path):
     assert list(tmp_path.iterdir()) == []  # used in place, nothing copied
 
 
-# --- names, normalisation, progress bar ------------------------------------------------------
+# --- names, normalisation ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -428,37 +473,3 @@ def test_normalize():
     assert isinstance(normalize(jnp.asarray(images)), jax.Array)
     with pytest.raises(ValueError, match="both mean and std"):
         normalize(images, mean=0.5)
-
-
-class FakeTerminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def test_progress_bar_draws_on_terminals_only():
-    terminal = FakeTerminal()
-    with ProgressBar(
-        total=2_000_000, desc="file", unit="B", stream=terminal, min_interval=0
-    ) as bar:
-        bar.update(1_000_000)
-        bar.set_postfix("from mirror")
-        bar.update(1_000_000)
-    text = terminal.getvalue()
-    assert "\rfile:  50% |############            | 1.0 MB/2.0 MB" in text
-    assert "\rfile: 100% |########################| 2.0 MB/2.0 MB" in text
-    assert "from mirror" in text and text.endswith("\n")
-
-    log = io.StringIO()  # a file or a pipe: nothing drawn
-    with ProgressBar(total=10, stream=log) as bar:
-        bar.update(10)
-    assert log.getvalue() == ""
-
-
-def test_progress_bar_counts_steps():
-    bar = ProgressBar(total=500, unit="steps", enabled=False)
-    bar.update(120)
-    assert bar.format(elapsed=12.0).startswith(" 24% |")
-    assert "120/500 steps [00:12<00:38, 10.0 steps/s]" in bar.format(elapsed=12.0)
-    unknown = ProgressBar(unit="it", enabled=False)
-    unknown.update(3)
-    assert unknown.format(elapsed=1.0) == "3 it [00:01, 3.0 it/s]"

@@ -3,6 +3,7 @@ Chromium); a missing data set is skipped with a message, never a crash."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -76,14 +77,15 @@ def quick_tour(tmp_path_factory):
     )
     print(proc.stdout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    return out, proc.stdout
+    return out, proc.stdout, proc.stderr
 
 
 @pytest.mark.slow
 def test_quick_tour_prints_a_summary_and_writes_a_page_of_existing_files(quick_tour):
-    out, stdout = quick_tour
+    out, stdout, stderr = quick_tour
     index = out / "index.html"
     assert f"wrote {index}" in stdout
+    assert "step/s" not in stderr and "%|" not in stderr  # into a pipe: no progress bar
     header = next(line for line in stdout.splitlines() if line.startswith("section"))
     assert header.split() == ["section", "metric", "value", "time"]
     assert "learned f(x1, x2) = " in stdout
@@ -118,7 +120,7 @@ def test_quick_tour_prints_a_summary_and_writes_a_page_of_existing_files(quick_t
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (Debian's `chromium`) is not "
                     "installed; CI installs it")
 def test_every_image_of_the_tour_loads_in_headless_chromium(quick_tour, tmp_path, record_property):
-    out, _ = quick_tour
+    out, _, _ = quick_tour
     url = (out / "index.html").as_uri()
     dom = _chromium(["--dump-dom", url], tmp_path / "profile")
     match = re.search(r'<body[^>]*data-images-ok="(\d+)/(\d+)"', dom.stdout)
@@ -134,6 +136,34 @@ def test_every_image_of_the_tour_loads_in_headless_chromium(quick_tour, tmp_path
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
     record_property("screenshot", str(screenshot))  # in --junitxml reports
     print(f"screenshot of the tour page: {screenshot}")  # shown with -s or -rP
+
+
+class FakeTerminal(io.StringIO):
+    """What tqdm sees on a terminal: a tty that takes UTF-8."""
+
+    encoding = "utf-8"
+
+    def isatty(self):
+        return True
+
+
+@pytest.mark.slow
+def test_on_a_terminal_the_fashion_mnist_training_draws_a_progress_bar(tmp_path, monkeypatch):
+    try:
+        mnist.load_mnist("fashion-mnist", "test", download=False)
+    except (mnist.DatasetError, OSError):
+        pytest.skip("Fashion-MNIST is not on this machine (CI installs dataset-fashion-mnist)")
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    lines: list[str] = []
+    tour.run(tmp_path / "out", quick=True, sections=["linear", "mnist"], print_fn=lines.append)
+    steps = tour.QUICK.mnist_train // 128
+    draws = terminal.getvalue().split("\r")
+    assert draws[0] == "" and terminal.getvalue().count("\n") == 1  # one bar: mnist's, not linear's
+    assert draws[1] == f"epoch 1/1:   0%|          | 0/{steps} [00:00<?, ?step/s]"
+    assert draws[-1].startswith(f"epoch 1/1: 100%|██████████| {steps}/{steps} [")
+    assert "eval_accuracy=" in draws[-1] and draws[-1].endswith("]\n")
+    assert any(line.startswith("  Fashion-MNIST: test accuracy") for line in lines)
 
 
 def test_a_missing_data_set_is_skipped_with_a_message(tmp_path, monkeypatch):

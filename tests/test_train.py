@@ -1,7 +1,9 @@
 """fit(): small models on synthetic data, with both gradient engines, in seconds."""
 
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -269,15 +271,148 @@ def test_print_epochs_writes_one_line_per_epoch(capsys):
     assert "loss " in lines[0]
 
 
-def test_progress_bar_only_when_asked_or_on_a_terminal(capsys):
+# ---------------------------------------------------------------------------------------------
+# Progress
+
+
+class FakeTerminal(io.StringIO):
+    """What tqdm sees on a terminal: a tty that takes UTF-8."""
+
+    encoding = "utf-8"
+
+    def isatty(self):
+        return True
+
+
+def linear_fit_args():
     x, y = fg.data.linear_regression(jax.random.key(0), 64)
-    common = dict(optimizer=optax.sgd(0.1), epochs=2, batch_size=8, key=jax.random.key(2))
-    fit_args = (train.regression_loss(linear.apply), linear.init(jax.random.key(1), 1), (x, y))
-    train.fit(*fit_args, **common)  # stderr is captured: not a terminal, so no bar
-    assert capsys.readouterr().err == ""
-    train.fit(*fit_args, **common, progress=True)
-    err = capsys.readouterr().err
-    assert "epoch 1/2:" in err and "epoch 2/2:" in err and "8/8 steps" in err and "loss " in err
+    return (train.regression_loss(linear.apply), linear.init(jax.random.key(1), 1), (x, y))
+
+
+LINEAR_FIT = dict(optimizer=optax.sgd(0.1), epochs=2, batch_size=8, key=jax.random.key(2))
+
+
+def test_on_a_terminal_one_bar_counts_the_steps_of_the_run(monkeypatch):
+    terminal = FakeTerminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    _, history = train.fit(*linear_fit_args(), **LINEAR_FIT)  # default: drawn on a terminal
+    draws = terminal.getvalue().split("\r")
+    assert draws[0] == ""  # every draw starts at the beginning of the line
+    assert draws[1] == "epoch 1/2:   0%|          | 0/16 [00:00<?, ?step/s]"
+    assert draws[-1].startswith("epoch 2/2: 100%|██████████| 16/16 [00:00<00:00, ")
+    assert draws[-1].endswith(f"step/s, loss={history['loss'][-1]:.4g}]\n")
+    assert terminal.getvalue().count("\n") == 1  # one bar for the whole run, left on screen
+
+    terminal.seek(0)
+    terminal.truncate()
+    train.fit(*linear_fit_args(), **LINEAR_FIT, progress=False)
+    assert terminal.getvalue() == ""
+
+
+def test_progress_draws_into_a_pipe_only_when_asked(capsys):
+    train.fit(*linear_fit_args(), **LINEAR_FIT)  # stderr is captured: not a terminal, no bar
+    assert capsys.readouterr() == ("", "")
+    train.fit(*linear_fit_args(), **LINEAR_FIT, progress=True)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("\repoch 1/2:   0%|") and "\repoch 2/2: 100%|" in err
+    assert "| 16/16 [" in err and "loss=" in err and err.endswith("]\n")
+
+
+def test_printing_callbacks_and_the_bar_do_not_mix(moons, capsys):
+    train_data, test_data = moons
+    train.fit(moons_loss(), mlp.init(jax.random.key(0), [2, 8, 1]), train_data,
+              optimizer=optax.adam(1e-2), epochs=3, batch_size=100, key=jax.random.key(1),
+              has_aux=True, eval_data=test_data, callbacks=[train.print_epochs()],
+              progress=True)
+    out, err = capsys.readouterr()
+    lines = out.splitlines()  # the epoch lines are whole lines, with no bar in them
+    assert [line.split("  ")[0] for line in lines] == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+    assert not any("|" in line for line in lines)
+    last = err.split("\r")[-1]  # the bar shows the last epoch's metrics, train and eval
+    assert last.startswith("epoch 3/3: 100%|██████████| 21/21 [")
+    for name in ("loss", "accuracy", "eval_loss", "eval_accuracy"):
+        assert f" {name}=" in last or f", {name}=" in last
+
+
+def test_a_run_stopped_by_a_callback_ends_its_bar_where_it_stopped(capsys):
+    train.fit(*linear_fit_args(), **{**LINEAR_FIT, "epochs": 5}, progress=True,
+              callbacks=[lambda state: state["epoch"] == 1])
+    last = capsys.readouterr().err.split("\r")[-1]
+    assert last.startswith("epoch 2/5: 100%|██████████| 16/16 [")
+    assert last.endswith(", stopped early]\n")
+
+
+def test_the_epoch_reports_from_inside_jit_to_the_bar_whose_id_it_gets(monkeypatch):
+    """The compiled epoch is shared by every fit with the same settings: which bar it advances
+    is an argument of each call, so two runs never advance each other's bars."""
+    from tqdm.std import tqdm as text_bar
+
+    from funcgrad.train import progress as train_progress
+    from funcgrad.train.programs import ProgramSettings, programs_for
+
+    class RecordingBar(text_bar):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, file=io.StringIO(), **kwargs)
+            self.seen = []  # the count after every update
+
+        def update(self, n=1):
+            super().update(n)
+            self.seen.append(self.n)
+
+    monkeypatch.setattr(train_progress, "tqdm", RecordingBar)
+    loss_fn, params, data = linear_fit_args()
+    optimizer = optax.sgd(0.1)
+    settings = ProgramSettings("jax", False, None, batch_size=4, with_progress=True)
+    programs = programs_for(loss_fn, optimizer, settings)
+    key = jax.random.key(2)
+    order = programs.order(key, 64)  # 16 steps
+    a, b = (
+        train_progress.FitProgress(enabled=True, first_epoch=0, epochs=2, num_steps=16)
+        for _ in range(2)
+    )
+    with a, b, a.epoch(1) as (id_a, every_a), b.epoch(0) as (id_b, _):
+        assert every_a == 1 and id_a != id_b  # first epoch: every 1/20 of it, at least 1 step
+        args = programs.epoch_args(params, optimizer.init(params), key, order, data, id_a, 4)
+        jax.block_until_ready(programs.epoch(*args))
+        # From epoch 1's start (16 steps in): every 4th step but the last (the caller draws it).
+        assert a.bar.seen == [20, 24, 28] and b.bar.seen == []
+        args = programs.epoch_args(params, optimizer.init(params), key, order, data, id_b, 5)
+        jax.block_until_ready(programs.epoch(*args))
+        assert a.bar.seen == [20, 24, 28] and b.bar.seen == [5, 10, 15]
+        no_bar = programs.epoch_args(params, optimizer.init(params), key, order, data)
+        jax.block_until_ready(programs.epoch(*no_bar))
+        assert a.bar.seen == [20, 24, 28] and b.bar.seen == [5, 10, 15]
+    train_progress.report_progress(id_a, 10)  # after its epoch: ignored
+    assert a.bar.seen == [20, 24, 28]
+
+
+def test_without_progress_the_epoch_program_has_no_host_callback():
+    from funcgrad.train.programs import ProgramSettings, programs_for
+
+    loss_fn, params, data = linear_fit_args()
+    optimizer = optax.sgd(0.1)
+    for with_progress in (False, True):
+        settings = ProgramSettings("jax", False, None, batch_size=4, with_progress=with_progress)
+        programs = programs_for(loss_fn, optimizer, settings)
+        key = jax.random.key(2)
+        args = programs.epoch_args(params, optimizer.init(params), key, programs.order(key, 64),
+                                   data)
+        assert ("_callback" in programs.epoch.lower(*args).as_text()) == with_progress
+
+
+def test_reports_every_twentieth_of_the_first_epoch_then_about_every_tenth_of_a_second():
+    from funcgrad.train.progress import REPORT_SECONDS, FitProgress
+
+    progress = FitProgress(enabled=True, first_epoch=0, epochs=3, num_steps=1000)
+    assert progress.report_every() == 50  # the step time is not known yet
+    progress.seconds_per_step = REPORT_SECONDS / 400
+    assert progress.report_every() == 400
+    progress.seconds_per_step = REPORT_SECONDS / 10_000  # tiny steps: no report inside an epoch
+    assert progress.report_every() == 10_000
+    progress.seconds_per_step = REPORT_SECONDS  # slow steps: still at most 20 reports an epoch
+    assert progress.report_every() == 50
+    assert FitProgress(enabled=True, first_epoch=0, epochs=1, num_steps=7).report_every() == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -603,7 +738,8 @@ MESH_SCRIPT = textwrap.dedent(
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     seen = []
     sharded, h8 = train.fit(train.classifier_loss(mlp.apply), params, (x, y), mesh=mesh,
-                            callbacks=[lambda s: seen.append(s["params"])], **common)
+                            callbacks=[lambda s: seen.append(s["params"])], progress=True,
+                            **common)
     leaf = jax.tree.leaves(seen[-1])[0]
     try:
         train.fit(train.classifier_loss(mlp.apply), params, (x, y), mesh=mesh,
@@ -647,6 +783,9 @@ def test_sharded_over_8_devices_matches_one_device(engine):
     assert result["acc8"] == pytest.approx(result["acc1"], abs=1 / 200)
     assert result["replicated"] and result["devices"] == 8
     assert "batch_size=60 does not split evenly over the 8 devices" in result["uneven"]
+    # The sharded run's bar (reported from the sharded program) counts its 3 × 15 steps once.
+    counts = [int(n) for n in re.findall(r"\| (\d+)/45 \[", out.stderr)]
+    assert counts and counts[-1] == 45 and max(counts) == 45 and counts == sorted(counts)
 
 
 MULTI_HOST_SCRIPT = textwrap.dedent(

@@ -8,8 +8,9 @@
     funcgrad tour --only xor,moons     # some sections
 
 prints each section's progress, then a summary table (section, metric, value, time) and the path
-of the page. See :mod:`funcgrad.tour` for what each section does. Exit status 0, or 1 when a
-gradient check failed (the page is written either way).
+of the page; on a terminal the Fashion-MNIST training also draws fit's ``tqdm`` bar on stderr
+(nothing when the output goes to a log). See :mod:`funcgrad.tour` for what each section does.
+Exit status 0, or 1 when a gradient check failed (the page is written either way).
 """
 
 from __future__ import annotations

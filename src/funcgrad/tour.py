@@ -131,8 +131,9 @@ class _Tour:
 
 
 def _fit(*args: Any, **kwargs: Any) -> tuple[Any, dict[str, list[float]]]:
-    """``fg.train.fit`` with funcgrad's gradients and no progress bar (the tour prints its own)."""
-    return train.fit(*args, grad_engine="funcgrad", progress=False, **kwargs)
+    """``fg.train.fit`` with funcgrad's gradients and no progress bar unless a section passes
+    ``progress=None`` (fit's tqdm bar, drawn on a terminal or in Jupyter only)."""
+    return train.fit(*args, grad_engine="funcgrad", **{"progress": False, **kwargs})
 
 
 def _pct(x: float) -> str:
@@ -303,7 +304,7 @@ def _mnist(t: _Tour, sec: Section) -> None:
         train.classifier_loss(models.mlp.apply), params, (x_tr, y_tr),
         optimizer=optax.adam(1e-3), epochs=t.s.mnist_epochs, batch_size=128, key=fit_key,
         has_aux=True, eval_data=(x_te, y_te), eval_batch_size=1024,
-        callbacks=[keep_steps],
+        callbacks=[keep_steps], progress=None,
     )
     test_acc = history["eval_accuracy"][-1]
     epoch_time = sum(history["epoch_time"])

@@ -16,9 +16,10 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from funcgrad.data.atomic import atomic_write
 from funcgrad.data.errors import ChecksumError, DownloadError
-from funcgrad.progress import ProgressBar
 
 __all__ = ["download"]
 
@@ -45,7 +46,10 @@ def download(
       size: the expected size in bytes, if known: a mirror announcing another size is skipped
         without downloading, and a transfer cannot run past it.
       timeout: seconds to wait for each connection or read before giving up on a mirror.
-      progress: draw a progress bar on stderr; default: only if stderr is a terminal.
+      progress: draw a byte count with ``tqdm.auto`` (a widget in Jupyter, a text line on
+        stderr elsewhere), out of the expected size when ``size`` is given or the server sends
+        Content-Length. Default (None): in a Jupyter kernel or when stderr is a terminal, never
+        into a log or a pipe.
 
     Raises:
       ChecksumError: if every mirror failed and at least one delivered bytes with the wrong digest
@@ -107,14 +111,15 @@ def _fetch(
         received = 0
         with (
             atomic_write(dest) as f,
-            ProgressBar(
+            tqdm(
                 total=size if size is not None else announced,
                 desc=dest.name,
                 unit="B",
-                enabled=progress,
+                unit_scale=True,
+                postfix=f"from {host}",
+                disable=None if progress is None else not progress,
             ) as bar,
         ):
-            bar.set_postfix(f"from {host}")
             while chunk := response.read(_CHUNK):
                 received += len(chunk)
                 if size is not None and received > size:

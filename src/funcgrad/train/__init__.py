@@ -49,6 +49,7 @@ The package, from the entry point down (each module imports only those below it)
 - ``config``: fit's argument checks and the :class:`~funcgrad.train.config.FitConfig` they build.
 - ``compiler_options``: the XLA options fit compiles with (:func:`default_compiler_options`).
 - ``callbacks``: :func:`print_epochs`; ``placement``: putting arrays on the device.
+- ``progress``: the run's ``tqdm`` bar, and the reports the compiled epoch sends it.
 
 The loss builders :func:`classifier_loss` and :func:`regression_loss` live in
 :mod:`funcgrad.losses` and are re-exported here.

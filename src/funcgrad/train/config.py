@@ -8,7 +8,6 @@ except the loss, which is evaluated on abstract values (``jax.eval_shape``: no F
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from jax.sharding import Mesh
 from funcgrad._paths import leaf_paths
 from funcgrad.losses import LossFn
 from funcgrad.train.callbacks import Callback
+from funcgrad.train.progress import shows_progress_by_default
 
 GRAD_ENGINES = ("jax", "funcgrad")
 
@@ -118,7 +118,7 @@ def check_fit_arguments(
         mesh=mesh,
         aux_names=_check_loss_output(loss_fn, params, (x, y), batch_size, has_aux),
         callbacks=tuple(callbacks),
-        show_progress=sys.stderr.isatty() if progress is None else bool(progress),
+        show_progress=shows_progress_by_default() if progress is None else bool(progress),
         checkpoint_path=None if checkpoint_path is None else Path(checkpoint_path),
         resume_from=None if resume_from is None else Path(resume_from),
     )

@@ -1,13 +1,12 @@
 """``fit``: check the arguments, build (or reuse) the compiled programs, then run the epochs.
 
-Each epoch: draw the shuffled order, run the compiled fast epoch (one call, its progress bar
-advanced from inside the program), and if it ended non-finite hand over to the divergence
+Each epoch: draw the shuffled order, run the compiled fast epoch (one call, the run's progress
+bar advanced from inside the program), and if it ended non-finite hand over to the divergence
 report; otherwise record the history, evaluate, save the checkpoint and call the callbacks.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,6 @@ import optax
 from jax.sharding import Mesh
 
 from funcgrad.losses import LossFn
-from funcgrad.progress import ProgressBar
 from funcgrad.train.callbacks import Callback
 from funcgrad.train.compiler_options import check_compiler_options
 from funcgrad.train.config import FitConfig, check_fit_arguments
@@ -32,8 +30,8 @@ from funcgrad.train.programs import (
     Programs,
     ProgramSettings,
     programs_for,
-    progress_bar_id,
 )
+from funcgrad.train.progress import FitProgress
 from funcgrad.train.resume import History, TrainState, save, start_state
 
 
@@ -102,7 +100,11 @@ def fit(
         are taken from it (``params`` and ``opt_state`` then only give the structure), and
         training continues up to ``epochs``; with the same ``key`` and data the result equals the
         uninterrupted run's bit for bit (on one device).
-      progress: draw a progress bar on stderr (default: only when stderr is a terminal).
+      progress: draw a ``tqdm.auto`` progress bar: a widget in Jupyter, a text line on stderr
+        elsewhere. One bar for the run, counting its steps (rate and time left are the run's),
+        labelled with the running epoch and showing the last epoch's metrics. Default (None):
+        in a Jupyter kernel or when stderr is a terminal, never into a log or a pipe. Under
+        ``jax.distributed``, only process 0 draws.
       compiler_options: XLA options for every program ``fit`` compiles (the epochs, evaluation,
         the divergence diagnosis), as ``jax.jit(..., compiler_options=...)`` takes them. None
         (default): :func:`default_compiler_options` for the platform (on CPU, matmuls on Eigen,
@@ -142,6 +144,9 @@ def fit(
     return _run_epochs(programs, config, state, train_data, eval_data)
 
 
+_TIME_COLUMNS = ("epoch_time", "wall_time")
+
+
 class _EpochResult(NamedTuple):
     """One run of the fast epoch program: what it started from and what it returned."""
 
@@ -172,38 +177,51 @@ def _run_epochs(
     start = time.perf_counter()
     if state.epoch < config.epochs:  # compiles the shuffle's sort-key draw: not an epoch's time
         programs.order(jax.random.fold_in(config.key, state.epoch), config.num_examples)
-    for epoch in range(state.epoch, config.epochs):
-        result = _train_epoch(programs, config, params, opt_state, data, epoch)
-        if not result.finite:
-            raise_diverged(programs, config, result.args, epoch, history)
-        params, opt_state = result.params, result.opt_state
-        history["loss"].append(float(result.step_losses.mean()))
-        for name in config.aux_names:
-            history[name].append(float(np.asarray(result.step_aux[name]).mean()))
-        if eval_arrays is not None:
-            results = evaluate_with(programs, params, eval_arrays, config.eval_batch_size)
-            for name in sorted(results, key=lambda k: (k != "loss", k)):  # loss first
-                history.setdefault(f"eval_{name}", []).append(results[name])
-        history["epoch_time"].append(result.seconds)
-        history["wall_time"].append(wall_offset + time.perf_counter() - start)
-        # Keep the time columns last, so printed and tabulated histories read naturally.
-        for name in ("epoch_time", "wall_time"):
-            history[name] = history.pop(name)
-        step = (epoch + 1) * config.num_steps
-        if config.checkpoint_path is not None:
-            finished = TrainState(params, opt_state, epoch + 1, history)
-            save(config, config.checkpoint_path, finished, step)
-        callback_state = {
-            "epoch": epoch,
-            "epochs": config.epochs,
-            "step": step,
-            "params": params,
-            "opt_state": opt_state,
-            "history": history,
-            "step_losses": result.step_losses,
-        }
-        if any([cb(callback_state) is True for cb in config.callbacks]):
-            break
+    progress = FitProgress(
+        enabled=config.show_progress and jax.process_index() == 0,
+        first_epoch=state.epoch,
+        epochs=config.epochs,
+        num_steps=config.num_steps,
+    )
+    with progress:
+        for epoch in range(state.epoch, config.epochs):
+            result = _train_epoch(programs, config, params, opt_state, data, epoch, progress)
+            if not result.finite:
+                raise_diverged(programs, config, result.args, epoch, history)
+            params, opt_state = result.params, result.opt_state
+            history["loss"].append(float(result.step_losses.mean()))
+            for name in config.aux_names:
+                history[name].append(float(np.asarray(result.step_aux[name]).mean()))
+            if eval_arrays is not None:
+                results = evaluate_with(programs, params, eval_arrays, config.eval_batch_size)
+                for name in sorted(results, key=lambda k: (k != "loss", k)):  # loss first
+                    history.setdefault(f"eval_{name}", []).append(results[name])
+            history["epoch_time"].append(result.seconds)
+            history["wall_time"].append(wall_offset + time.perf_counter() - start)
+            # Keep the time columns last, so printed and tabulated histories read naturally.
+            for name in _TIME_COLUMNS:
+                history[name] = history.pop(name)
+            metrics = {k: v[-1] for k, v in history.items() if k not in _TIME_COLUMNS}
+            progress.end_epoch(epoch, metrics)
+            step = (epoch + 1) * config.num_steps
+            if config.checkpoint_path is not None:
+                finished = TrainState(params, opt_state, epoch + 1, history)
+                save(config, config.checkpoint_path, finished, step)
+            callback_state = {
+                "epoch": epoch,
+                "epochs": config.epochs,
+                "step": step,
+                "params": params,
+                "opt_state": opt_state,
+                "history": history,
+                "step_losses": result.step_losses,
+            }
+            with progress.callbacks_writing():
+                stop = any([cb(callback_state) is True for cb in config.callbacks])
+            if stop:
+                if epoch + 1 < config.epochs:
+                    progress.stopped_early()
+                break
     return params, history
 
 
@@ -214,26 +232,23 @@ def _train_epoch(
     opt_state: Any,
     data: tuple[jax.Array, jax.Array],
     epoch: int,
+    progress: FitProgress,
 ) -> _EpochResult:
     """Run epoch ``epoch`` from ``params`` and ``opt_state`` with the compiled fast program,
-    drawing its progress bar (with ``config.show_progress``)."""
+    its steps advancing ``progress``."""
     key = jax.random.fold_in(config.key, epoch)
     t_order = time.perf_counter()
     order = programs.order(key, config.num_examples)
     order_time = time.perf_counter() - t_order
     args = programs.epoch_args(params, opt_state, key, order, data)
-    compiled = programs.compiled_epoch(args)  # before the bar: its clock excludes compilation
-    bar = None
-    if config.show_progress:  # one bar per epoch, finished before anything else prints
-        desc = f"epoch {epoch + 1}/{config.epochs}"
-        bar = ProgressBar(total=config.num_steps, desc=desc, unit="steps", enabled=True)
-    with contextlib.nullcontext() if bar is None else bar, progress_bar_id(bar) as bar_id:
-        args = programs.epoch_args(params, opt_state, key, order, data, bar_id)
+    compiled = programs.compiled_epoch(args)  # before the bar starts: its clock excludes this
+    with progress.epoch(epoch) as (bar_id, report_every):
+        progress_args = programs.epoch_args(
+            params, opt_state, key, order, data, bar_id, report_every
+        )
         t0 = time.perf_counter()
-        new_params, new_state, step_losses, step_aux, finite, _ = compiled(*args)
+        new_params, new_state, step_losses, step_aux, finite, _ = compiled(*progress_args)
         step_losses = np.asarray(step_losses)
         seconds = order_time + time.perf_counter() - t0
-        if bar is not None:
-            bar.update(config.num_steps - bar.n)
-            bar.set_postfix(f"loss {float(step_losses.mean()):.4f}")
+    # ``args`` (no bar) are kept for a divergence re-run, which must not move the bar.
     return _EpochResult(args, new_params, new_state, step_losses, step_aux, bool(finite), seconds)

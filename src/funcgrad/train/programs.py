@@ -9,11 +9,9 @@ compiles nothing.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
-import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -28,9 +26,9 @@ from jax.sharding import PartitionSpec as P
 from funcgrad import interpret
 from funcgrad.data.batching import permutation
 from funcgrad.losses import LossFn
-from funcgrad.progress import ProgressBar
 from funcgrad.train.compiler_options import CompilerOptions, rejected_options_error
 from funcgrad.train.placement import replicate
+from funcgrad.train.progress import NO_PROGRESS_BAR, report_progress
 
 EvalFn = Callable[..., dict[str, Any]]
 """``eval_fn(params, x, y) -> {"name": batch mean}``."""
@@ -70,41 +68,8 @@ class EpochArgs(NamedTuple):
     order: jax.Array  # (num_batches, batch_size) example indices
     x: jax.Array
     y: jax.Array
-    progress_id: jax.Array  # which progress bar the epoch advances (see progress_bar_id)
-
-
-# ---------------------------------------------------------------------------------------------
-# Progress
-
-# The progress bars of the epochs running now, by id. The compiled epoch is shared by every fit
-# with the same settings, so which bar it advances is an argument of each call (an id), not state
-# of the program; the caller registers its bar for the duration of the call.
-_PROGRESS_BARS: dict[int, ProgressBar] = {}
-_progress_ids = itertools.count(1)
-NO_PROGRESS_BAR = 0
-
-
-@contextlib.contextmanager
-def progress_bar_id(bar: ProgressBar | None) -> Iterator[int]:
-    """The id to pass an epoch program so that its progress reports advance ``bar`` while the
-    ``with`` block lasts (:data:`NO_PROGRESS_BAR` for None)."""
-    if bar is None:
-        yield NO_PROGRESS_BAR
-        return
-    bar_id = next(_progress_ids)
-    _PROGRESS_BARS[bar_id] = bar
-    try:
-        yield bar_id
-    finally:
-        del _PROGRESS_BARS[bar_id]
-
-
-def _report_progress(bar_id: Any, done: Any) -> None:
-    """Advance the registered bar to ``done`` steps (a no-op for an unregistered id)."""
-    bar = _PROGRESS_BARS.get(int(bar_id))
-    done = int(done)
-    if bar is not None and done > bar.n:  # called once per device under a mesh: idempotent
-        bar.update(done - bar.n)
+    progress_id: jax.Array  # which bar the epoch's reports advance (see train.progress)
+    progress_every: jax.Array  # steps between two reports; 0: none
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,10 +164,12 @@ class Programs:
         order: jax.Array,
         data: tuple[jax.Array, jax.Array],
         progress_id: int = NO_PROGRESS_BAR,
+        progress_every: int = 0,
     ) -> EpochArgs:
-        """The arguments of an epoch program, with the progress bar id placed as the rest."""
-        placed_id = replicate(np.int32(progress_id), self.settings.mesh)
-        return EpochArgs(params, opt_state, key, order, *data, placed_id)
+        """The arguments of an epoch program, with the progress bar's id and reporting interval
+        placed as the rest (they only matter to programs built ``with_progress``)."""
+        placed = replicate((np.int32(progress_id), np.int32(progress_every)), self.settings.mesh)
+        return EpochArgs(params, opt_state, key, order, *data, *placed)
 
     def _batch(self, x: jax.Array, y: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
         # Gathered step by step from the device-resident set: no (num_batches, batch, ...) copy
@@ -224,6 +191,7 @@ class Programs:
         x: jax.Array,
         y: jax.Array,
         progress_id: jax.Array,
+        progress_every: jax.Array,
         *,
         checked: bool,
     ) -> tuple:
@@ -234,7 +202,6 @@ class Programs:
         returns that step's index (-1 if none), the params and state from just before it.
         """
         num_steps = order.shape[0]
-        every = max(1, num_steps // 50)
 
         def body(carry: tuple, index: jax.Array) -> tuple:
             params, opt_state, bad, i = carry
@@ -249,12 +216,14 @@ class Programs:
                     (params, opt_state),
                 )
                 bad = jnp.where((bad < 0) & ~ok, i, bad)
-            if self.settings.with_progress:
+            if self.settings.with_progress:  # the caller draws the last step
+                done = i + 1
+                due = (progress_every > 0) & (done % jnp.maximum(progress_every, 1) == 0)
                 lax.cond(
-                    (i + 1) % every == 0,
-                    lambda s: jax.debug.callback(_report_progress, progress_id, s),
-                    lambda s: None,
-                    i + 1,
+                    due & (done < num_steps),
+                    lambda d: jax.debug.callback(report_progress, progress_id, d),
+                    lambda d: None,
+                    done,
                 )
             return (new_params, new_state, bad, i + 1), (loss, aux)
 
