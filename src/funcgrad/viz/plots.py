@@ -382,22 +382,39 @@ def xor_feature_space(
         return 1 / (1 + np.exp(-(hidden(points) @ w2 + b2)))
 
     fig = Figure(figsize=(10.5, 4.6), layout="constrained")
-    ax_in = fig.add_subplot(1, 2, 1)
+    points = _input_space_panel(fig.add_subplot(1, 2, 1), x, y, W1, b1, prob, resolution)
+    ax_h = fig.add_subplot(1, 2, 2, projection="3d" if dims == 3 else None)
+    _hidden_space_panel(ax_h, x, y, hidden, points, w2, b2, dims, grid_lines)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _input_space_panel(ax: Any, x: np.ndarray, y: np.ndarray, W1: np.ndarray, b1: np.ndarray,
+                       prob: Callable, resolution: int) -> np.ndarray:
+    """The input plane: decision regions, data, one dashed line per hidden unit; the grid."""
     xx, yy, points = boundary_grid(x, resolution=resolution, padding=0.5)
-    draw_boundary(ax_in, xx, yy, prob(points), x, y)
+    draw_boundary(ax, xx, yy, prob(points), x, y)
     xs = np.linspace(xx.min(), xx.max(), 2)
-    for j in range(n_hidden):
+    for j in range(W1.shape[1]):
         a, b, c = W1[0, j], W1[1, j], b1[j]
         if abs(b) > 1e-9:
-            ax_in.plot(xs, -(a * xs + c) / b, "--", color="0.3", lw=0.9)
+            ax.plot(xs, -(a * xs + c) / b, "--", color="0.3", lw=0.9)
         elif abs(a) > 1e-9:
-            ax_in.axvline(-c / a, ls="--", color="0.3", lw=0.9)
-    ax_in.set_xlim(xx.min(), xx.max())
-    ax_in.set_ylim(yy.min(), yy.max())
-    ax_in.set_title("input space: the network's boundary\n(dashed: one line per hidden unit)")
-    ax_in.set_xlabel("$x_1$")
-    ax_in.set_ylabel("$x_2$")
+            ax.axvline(-c / a, ls="--", color="0.3", lw=0.9)
+    ax.set_xlim(xx.min(), xx.max())
+    ax.set_ylim(yy.min(), yy.max())
+    ax.set_title("input space: the network's boundary\n(dashed: one line per hidden unit)")
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    return points
 
+
+def _hidden_space_panel(ax: Any, x: np.ndarray, y: np.ndarray, hidden: Callable,
+                        points: np.ndarray, w2: np.ndarray, b2: Any, dims: int,
+                        grid_lines: int) -> None:
+    """The data in the hidden layer, the bent input grid and the output unit's boundary."""
+    n_hidden = len(w2)
     h = hidden(x)
     if dims == n_hidden:
         basis, offset = np.eye(n_hidden), None
@@ -408,40 +425,33 @@ def xor_feature_space(
         names = ["$w_2 \\cdot h / |w_2|$"] + [f"principal direction {j}" for j in range(1, dims)]
     coords = h @ basis.T
     lines = _bent_grid(x, grid_lines, hidden, basis)
-    projection = "3d" if dims == 3 else None
-    ax_h = fig.add_subplot(1, 2, 2, projection=projection)
     for line in lines:
-        ax_h.plot(*line.T, color="0.65", lw=0.7)
+        ax.plot(*line.T, color="0.65", lw=0.7)
     labels = np.rint(y).astype(int)
     for c in np.unique(labels):
         sel = labels == c
-        ax_h.scatter(*coords[sel].T, s=40, color=CLASS_COLORS[c % len(CLASS_COLORS)],
-                     edgecolors="k", linewidths=0.5, label=f"class {c}", zorder=3)
+        ax.scatter(*coords[sel].T, s=40, color=CLASS_COLORS[c % len(CLASS_COLORS)],
+                   edgecolors="k", linewidths=0.5, label=f"class {c}", zorder=3)
     everything = np.concatenate([coords, *lines])
     lo, hi = everything.min(axis=0), everything.max(axis=0)
     pad = 0.08 * np.maximum(hi - lo, 1e-3)
     lo, hi = lo - pad, hi + pad
     w = basis @ w2  # the output weights in the plotted coordinates
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
     if dims == 2:
-        _boundary_line(ax_h, w, b2, lo, hi, offset)
-        ax_h.set_xlim(lo[0], hi[0])
-        ax_h.set_ylim(lo[1], hi[1])
+        _boundary_line(ax, w, b2, lo, hi, offset)
     else:
-        _boundary_plane(ax_h, w, b2, lo, hi, offset)
-        ax_h.set_xlim(lo[0], hi[0])
-        ax_h.set_ylim(lo[1], hi[1])
-        ax_h.set_zlim(lo[2], hi[2])
-        ax_h.set_zlabel(names[2])
-        ax_h.view_init(elev=22, azim=-58)
-    ax_h.set_xlabel(names[0])
-    ax_h.set_ylabel(names[1])
+        _boundary_plane(ax, w, b2, lo, hi, offset)
+        ax.set_zlim(lo[2], hi[2])
+        ax.set_zlabel(names[2])
+        ax.view_init(elev=22, azim=-58)
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
     what = "line" if dims == 2 else "plane"
-    ax_h.set_title(f"hidden space ({n_hidden} units)\nthe output unit's {what} "
-                   f"$w_2 \\cdot h + b_2 = 0$")
-    ax_h.legend(loc="upper right", fontsize=8)
-    if title:
-        fig.suptitle(title)
-    return fig
+    ax.set_title(f"hidden space ({n_hidden} units)\nthe output unit's {what} "
+                 f"$w_2 \\cdot h + b_2 = 0$")
+    ax.legend(loc="upper right", fontsize=8)
 
 
 def _bent_grid(x: np.ndarray, n: int, hidden: Callable, basis: np.ndarray) -> list[np.ndarray]:
