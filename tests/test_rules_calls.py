@@ -1,9 +1,9 @@
 """The composite and custom_vmap_call rules: the derivative of the body, which defines the value.
 
 ``jax.grad`` refuses both primitives (composite's JVP rule raises; custom_vmap's JVP cannot be
-linearized), so there is no case to hold against it directly and ``CASES`` is empty. Instead
-funcgrad's gradients are compared with ``jax.grad`` of the body called directly and, for
-custom_vmap, with ``jax.jacfwd`` of the wrapped function (JAX's forward mode does differentiate it).
+linearized), so funcgrad's gradients are compared with ``jax.grad`` of the body called directly
+(``CASES`` carry it as their ``reference``) and, for custom_vmap, with ``jax.jacfwd`` of the
+wrapped function (JAX's forward mode does differentiate it).
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ from jax import lax
 from jax.custom_batching import custom_vmap, sequential_vmap
 
 import funcgrad as fg
-
-CASES: list[Case] = []  # jax.grad refuses both primitives: see the module docstring
 
 SCALE = jnp.array([0.5, -1.5, 2.0], jnp.float32)  # closed over: a constant of the body
 
@@ -61,6 +59,12 @@ WRAPPED = {  # name -> (function reaching the primitive, primitive, the plain bo
     "sequential_vmap": (one_by_one, "custom_vmap_call", body),
     "composite": (composite, "composite", decomposed),
 }
+
+
+CASES = [
+    Case(name, primitive, wrapped, lambda: xy(), argnums=(0, 1), reference=plain)
+    for name, (wrapped, primitive, plain) in WRAPPED.items()
+]
 
 
 def xy(dtype=np.float32):

@@ -212,6 +212,7 @@ COLLECTIVES = {
     "all_gather_invariant", "reduce_scatter", "all_to_all", "ppermute", "pbroadcast",
     "axis_index", "reshard", "vary_unreduced_cast_p", "reduced_vary_cast_p", "preduced",
     "unreduced_psum", "all_gather_reduced", "unreduced_reduce_scatter", "ragged_all_to_all",
+    "host_local_array_to_global_array", "global_array_to_host_local_array",
 }
 
 
@@ -237,7 +238,7 @@ def test_closure_backward_pass_uses_only_supported_primitives():
     """fg.grad's own backward pass must be differentiable by funcgrad: every primitive the
     collective rules emit (inside the backward shard_map too) has a rule."""
     supported = fg.supported_primitives()
-    for case in CASES:
+    for case in (c for c in CASES if c.refused is None):
         grad_jaxpr = jax.make_jaxpr(fg.grad(weighted_sum(case.f), case.argnums))(*case.args())
         missing = primitives_of(grad_jaxpr.jaxpr) - supported
         assert not missing, f"{case.id}: no rule for {sorted(missing)}"

@@ -190,6 +190,20 @@ def test_grad_of_grad(name):
 
 
 # ---- refusals, as JAX's ----------------------------------------------------------------------
+def test_polygamma_refuses_the_order_like_jax():
+    """d/dx polygamma(m, x) is a CASES entry; d/dm is undefined and both refuse it."""
+    x = positive(8, 2, 3)
+    m = jnp.array([[1.0, 2.0, 3.0]])
+
+    def f(m, x):
+        return jnp.sum(lax.polygamma(m, x))
+
+    with pytest.raises(ValueError, match="order m"):
+        fg.grad(f)(m, x)
+    with pytest.raises(ValueError):
+        jax.grad(f)(m, x)
+
+
 def test_betainc_refuses_a_and_b_like_jax():
     for argnums in (0, 1):
         f = lambda a, b: special.betainc(a, b, 0.3)  # noqa: E731

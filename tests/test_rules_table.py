@@ -27,6 +27,7 @@ from gradcheck import Case, check, randn
 
 import funcgrad as fg
 from funcgrad.interpret import rules
+from funcgrad.interpret.registry import lookup_higher_order, lookup_vjp
 
 RULE_FAMILIES = sorted(m.name for m in pkgutil.iter_modules(rules.__path__)
                        if not m.name.startswith("_"))
@@ -66,7 +67,14 @@ TABLE: list[tuple[str, Case]] = [
 
 @functools.cache
 def _family_registering(name: str) -> str | None:
-    """The rules module whose source names primitive ``name`` (as ``name_p`` or ``"name"``)."""
+    """The rules module that registers primitive ``name``: the module of its rule's function or
+    class, or, for the shared zero rule, the module whose source names it (``name_p``/``"name"``).
+    """
+    higher, spec = lookup_higher_order(name), lookup_vjp(name)
+    owner = type(higher) if higher is not None else spec.fn if spec and not spec.zero else None
+    if owner is not None:
+        package, _, module = owner.__module__.rpartition(".")
+        return module if package == rules.__name__ else None
     pattern = re.compile(rf"\b{re.escape(name.replace('-', '_'))}_p\b|\"{re.escape(name)}\"")
     for module in pkgutil.iter_modules(rules.__path__):
         source = inspect.getsource(getattr(rules, module.name))
