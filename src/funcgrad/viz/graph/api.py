@@ -16,7 +16,8 @@ from funcgrad.interpret import trace as funcgrad_trace
 from funcgrad.viz.graph.build import Builder, level_of_trace
 from funcgrad.viz.graph.collapse import budget_notes, choose_collapsed, outermost_collapsed, size
 from funcgrad.viz.graph.digraph import JaxprGraph
-from funcgrad.viz.graph.dot import emit_graph
+from funcgrad.viz.graph.dot import GradOverride, emit_graph
+from funcgrad.viz.graph.drill import Drawing
 from funcgrad.viz.graph.model import Item, Level
 from funcgrad.viz.graph.options import DEFAULT_NODE_BUDGET, DrawOptions, NodeNames
 
@@ -151,7 +152,12 @@ def draw_jaxpr(
 
 
 def _render(
-    level: Level, items: list[Item], names: NodeNames, options: DrawOptions, notes: list[str]
+    level: Level,
+    items: list[Item],
+    names: NodeNames,
+    options: DrawOptions,
+    notes: list[str],
+    grad_override: GradOverride | None = None,
 ) -> JaxprGraph:
     """Collapse what ``options`` ask for, then emit the graph with its notes."""
     jaxpr = level.jaxpr
@@ -160,7 +166,8 @@ def _render(
     collapsed = outermost_collapsed(groups)
     total = fixed + size(items)
     notes = [*notes, *budget_notes(collapsed, total, options.collapse, options.node_budget)]
-    graph = emit_graph(level, items, names, options, notes)
+    graph = emit_graph(level, items, names, options, notes, grad_override)
+    graph.drawing = Drawing(level, items, names, options)
     graph.notes = tuple(notes)
     graph.collapsed = tuple(g.name for g in collapsed)
     graph.clusters = tuple(g.name for g in groups)
