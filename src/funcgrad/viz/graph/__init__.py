@@ -47,7 +47,8 @@ under ``node_budget``), :mod:`.dot` (DOT text, with :mod:`.labels`, :mod:`.param
 
 from __future__ import annotations
 
-from funcgrad.viz.graph.api import draw_jaxpr, draw_trace
+from funcgrad.viz.graph.animation import BackwardAnimation
+from funcgrad.viz.graph.api import animate_backward, draw_jaxpr, draw_trace
 from funcgrad.viz.graph.digraph import GraphvizNotFoundError, JaxprGraph
 from funcgrad.viz.graph.labels import CONST, FLOWS, NONE, UNKNOWN, ZERO
 from funcgrad.viz.graph.options import DEFAULT_NODE_BUDGET
@@ -93,8 +94,10 @@ __all__ = [
     "UNKNOWN",
     "ZERO",
     "ZERO_FILL",
+    "BackwardAnimation",
     "GraphvizNotFoundError",
     "JaxprGraph",
+    "animate_backward",
     "draw_jaxpr",
     "draw_trace",
 ]
