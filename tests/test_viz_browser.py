@@ -30,8 +30,10 @@ from funcgrad.manual import cases
 CHROMIUM = shutil.which("chromium") or (
     "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None
 )
+BASH = shutil.which("bash")
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.skipif(BASH is None, reason="bash starts Chromium with its DevTools pipe"),
     pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (Debian's `chromium`) is not "
                        "installed; CI installs it"),
     pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz `dot` not installed"),
@@ -50,19 +52,15 @@ class Browser:
     def __init__(self, profile: Path) -> None:
         to_chrome_r, self._w = os.pipe()
         self._r, from_chrome_w = os.pipe()
-        # Chromium's ends go to fds 3 and 4 in the child, via fds above both (so that placing
-        # one cannot clobber the other). Python opens every other fd close-on-exec, so
-        # close_fds=False passes these two only (close_fds would close them after the move).
+        # Chromium's ends go to its fds 3 and 4 by bash's redirections (no Python runs in
+        # the forked child: JAX's threads make that unsafe), from fds above both, so that
+        # placing one cannot clobber the other.
         high_r = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD_CLOEXEC, 10)
         high_w = fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD_CLOEXEC, 10)
-
-        def child() -> None:
-            os.dup2(high_r, 3)
-            os.dup2(high_w, 4)
-
         self.proc = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}"], preexec_fn=child,
-            close_fds=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            [BASH, "-c", f'exec "$@" 3<&{high_r} 4>&{high_w}', "bash", CHROMIUM, *FLAGS,
+             f"--user-data-dir={profile}"],
+            pass_fds=(high_r, high_w), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         for fd in (to_chrome_r, from_chrome_w, high_r, high_w):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree as ET
 
+from funcgrad.interpret.trace import lookup
 from funcgrad.viz.graph import page, svgtools
 from funcgrad.viz.graph.captions import CAPTION_SIZES, captions
 from funcgrad.viz.graph.digraph import JaxprGraph
@@ -105,8 +106,11 @@ class BackwardAnimation:
 
     ``len(anim)`` frames: frame 0 the forward pass, frame k after step k. ``anim.frames[k]`` is
     frame k as SVG text, ``anim.steps[k - 1]`` what happened at step k (the equation's index,
-    primitive, rule, formula, cotangents, the node drawn for it), ``anim.grads`` the
-    gradients (those of ``fg.grad``), ``anim.graph`` the graph laid out for it. In a notebook it
+    primitive, rule, formula, cotangents, the node drawn for it), ``anim.frame_of("net_out")``
+    the frame at which a tagged value's (or an input's) gradient is complete,
+    ``anim.captions[k]`` the lines of frame k's caption, ``anim.grads`` the
+    gradients (those of ``fg.grad``), ``anim.trace`` every value and cotangent, ``anim.graph``
+    the graph laid out for it. In a notebook it
     shows as a player (``_repr_html_``): play/pause, a slider, step back and forward, the arrow
     keys when it has the focus; hover a node for its values and gradient so far, click a
     collapsed cluster to open it. ``anim.save("walk.html")`` writes it as one self-contained
@@ -123,6 +127,7 @@ class BackwardAnimation:
     interval: float = 0.8
     view_template: list[str] = field(default_factory=list)  # the SVG without its caption
     caption_props: list[Prop] = field(default_factory=list)
+    captions: list[list[str]] = field(default_factory=list)  # each frame's caption lines
 
     # ---- what happened ------------------------------------------------------------------------
     @property
@@ -141,6 +146,21 @@ class BackwardAnimation:
 
     def __len__(self) -> int:
         return self.walk.n_frames
+
+    def frame_of(self, name: str) -> int:
+        """The frame at which the gradient of an input (by its path, ``"layers[0].W"``) or of
+        an ``fg.tag``-ged value (``"net_out"``) is complete: its last cotangent has arrived."""
+        owner, v = lookup(self.trace, name)
+        if owner is not self.trace:
+            reached = {s.index: s.frame for s in self.steps}
+            for i, _, record in self.trace.eqn_records():
+                if record is owner:
+                    return reached.get(i, 0)
+            raise KeyError(f"{name!r} is inside a loop body; its values are not kept")
+        arrivals = self.walk.arrivals.get(v)
+        if not arrivals:
+            raise KeyError(f"no gradient reaches {name!r}")
+        return arrivals[-1][0]
 
     def __repr__(self) -> str:
         return (f"<BackwardAnimation: {len(self)} frames, {len(self.steps)} equations "
@@ -320,10 +340,11 @@ def build_animation(
     maker.edges(current, received, records, b)
     view_template = _TOKEN_RE.split(doc.tostring())
     first_caption = len(props)
-    maker.caption(captions(walk, graph))
+    lines = captions(walk, graph)
+    maker.caption(lines)
     template = _TOKEN_RE.split(doc.tostring())
     return BackwardAnimation(walk, graph, ns, template, props, current, views, interval,
-                             view_template, props[first_caption:])
+                             view_template, props[first_caption:], lines)
 
 
 class _Props:

@@ -58,6 +58,10 @@ def captions(walk: Walk, graph: Any) -> list[list[str]]:
     """The caption lines of every frame of ``walk``'s animation (``graph`` is its drawing)."""
     n = len(walk.steps)
     names = _names(walk)
+    drawing = getattr(graph, "drawing", None)
+    outputs = list(drawing.names.outputs) if drawing is not None else []
+    for k, v in enumerate(walk.trace.jaxpr.outvars[: len(outputs)]):
+        names[v] = outputs[k]
     seeds = [(v, arrivals[0][1]) for v, arrivals in walk.arrivals.items() if arrivals[0][0] == 0]
     seed_text = "; ".join(f"{names.get(v, 'output')} gets {_ct(ct)}" for v, ct in seeds)
     out = [[
@@ -68,10 +72,10 @@ def captions(walk: Walk, graph: Any) -> list[list[str]]:
         "equation's output into those of its inputs",
         "next ▶ (or the → key) takes one step; hover a node for its values",
     ]]
-    order: dict[tuple[Any, int], int] = {}
+    order: dict[tuple[Any, int], list[int]] = {}  # which arrivals at a value came when
     for v, arrivals in walk.arrivals.items():
         for m, (frame, _) in enumerate(arrivals, 1):
-            order[(v, frame)] = m
+            order.setdefault((v, frame), []).append(m)
     for step in walk.steps:
         eqn = step.eqn
         record = graph.records.get(step.node)
@@ -95,7 +99,7 @@ def captions(walk: Walk, graph: Any) -> list[list[str]]:
                 sent.append(f"{name} ← 0 (none)")
                 continue
             total = len(walk.arrivals[v])
-            m = order[(v, step.frame)]
+            m = order[(v, step.frame)].pop(0)
             fan_in = f" ({_ORDINALS.get(m, f'{m}th')} of {total}, summed)" if total > 1 else ""
             sent.append(f"{name} ← {_ct(ct)}{fan_in}")
         out.append([
