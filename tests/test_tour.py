@@ -98,9 +98,15 @@ def test_quick_tour_prints_a_summary_and_writes_a_page_of_existing_files(quick_t
     assert rows[("xor", "2-3-1 sigmoid accuracy")].startswith("100.0%")
     assert all(v.startswith("OK") for (s, _), v in rows.items() if s == "gradients")
     assert ("mnist", "skipped") in rows or ("mnist", "784-64-10 test accuracy") in rows
+    assert rows[("reverse", "animated backward passes")] == (
+        "one neuron: 7 steps, XOR 2-2-1: 15 steps"
+    )
 
+    text = index.read_text()
+    assert text.count('<div class="fg-root"') == 3  # two players and the live transformer graph
+    assert text.count('<button data-act="play"') == 2
     page = _Links()
-    page.feed(index.read_text())
+    page.feed(text)
     assert len(page.images) >= 10
     for ref in page.images + page.links:
         if ref.startswith("#"):
@@ -129,6 +135,11 @@ def test_every_image_of_the_tour_loads_in_headless_chromium(quick_tour, tmp_path
     broken = re.search(r'data-images-broken="([^"]*)"', dom.stdout)[1]
     assert total >= 10
     assert ok == total, f"{total - ok} image(s) did not load: {broken}"
+    # Each player and interactive graph ran its script and shows its first step.
+    ready = re.findall(r'<div class="fg-root" id="\w+" tabindex="0" data-ready="1"[^>]*>',
+                       dom.stdout)
+    assert len(ready) == 3, ready
+    assert sum('data-frame="0"' in tag for tag in ready) == 2
 
     screenshot = tmp_path / "tour.png"
     shot = _chromium(["--window-size=1280,2000", f"--screenshot={screenshot}", url],

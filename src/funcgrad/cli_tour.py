@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 
-SECTION_NAMES = ("linear", "xor", "moons", "mnist", "gradients", "graphs")  # funcgrad.tour.SECTIONS
+SECTION_NAMES = (  # funcgrad.tour.SECTIONS
+    "linear", "xor", "moons", "mnist", "gradients", "graphs", "reverse",
+)
 
 
 def _sections(text: str) -> list[str]:

@@ -17,7 +17,10 @@ minutes on two CPU cores:
 5. **gradient checks**: ``fg.compare_grads`` for each seed model in float64, funcgrad against
    ``jax.grad``, the hand-derived gradients of :mod:`funcgrad.manual` and finite differences;
 6. **graphs**: the single-neuron regression with every value and gradient, its gradient
-   program, a 3-class softmax + cross-entropy, and a transformer with its blocks collapsed.
+   program, a 3-class softmax + cross-entropy, and a transformer with its blocks collapsed;
+7. **reverse mode, step by step**: the backward pass of one neuron and of the XOR network as
+   players (``fg.viz.animate_backward``), one equation per step with its VJP rule, formula and
+   cotangents; hovering a node shows its values, clicking a collapsed cluster opens it.
 
 Every model trains with ``grad_engine="funcgrad"``: the hand-written VJP rules, jitted. The page
 is ``<out>/index.html`` with its pictures in ``<out>/images/`` and the summary in
@@ -51,7 +54,7 @@ from funcgrad.viz.report import Report, Section, check_output_dir
 
 __all__ = ["FASHION_MNIST_CLASSES", "SECTIONS", "run"]
 
-SECTIONS = ("linear", "xor", "moons", "mnist", "gradients", "graphs")
+SECTIONS = ("linear", "xor", "moons", "mnist", "gradients", "graphs", "reverse")
 """The tour's sections, in order; ``run(sections=...)`` picks some."""
 
 FASHION_MNIST_CLASSES = (
@@ -66,6 +69,7 @@ _TITLES = {
     "mnist": "4. Fashion-MNIST: a 784-64-10 MLP",
     "gradients": "5. Gradient checks: funcgrad vs JAX vs hand-derived vs finite differences",
     "graphs": "6. Graphs: values and gradients on every node",
+    "reverse": "7. Watch reverse mode: the backward pass, one equation at a time",
 }
 
 
@@ -460,7 +464,48 @@ def _graphs(t: _Tour, sec: Section) -> None:
     )
     for name, graph, caption in drawings:
         sec.graph(graph, f"graph-{name}", caption=caption)
+    sec.interactive(drawings[-1][1], caption="The transformer graph again, live: hover a node "
+                    "for the full summary of its value and gradient (shape, min/mean/max/std, "
+                    "zeros, NaNs, first entries); click a box with a shadow to open that "
+                    "cluster, drawn expanded, and ← back to return.")
     t.row("graphs", "drawn (SVG)", ", ".join(name for name, _, _ in drawings))
+
+
+# ---- 7. reverse mode, step by step ---------------------------------------------------------------
+def _reverse(t: _Tour, sec: Section) -> None:
+    from funcgrad.viz import GraphvizNotFoundError, animate_backward
+
+    if shutil.which("dot") is None:
+        raise GraphvizNotFoundError("dot")
+    k = t.keys(7, 3)
+    neuron = manual.linear.init(k[0])
+    x, y = manual.linear.data(k[1], 4)
+    xor_params = manual.xor.init(k[2], 2)
+    xor_x, xor_t = manual.xor.data()
+    sec.text(
+        "funcgrad's backward walk as it runs, one equation per step, last equation first: the "
+        "equation being transposed is orange, the caption names the VJP rule that transposes "
+        "it with the rule's formula, the cotangent its output received and the one it sends "
+        "back to each input; the values that just received a cotangent are outlined red, every "
+        "cotangent that has arrived is written in red, and where a value is read twice its "
+        "cotangents are summed (first the partial sum, then Σ2). Play, step with the buttons "
+        "or the arrow keys (click the player first), hover a node for the full summary of its "
+        "value and of its gradient so far. The last step shows the gradients of `fg.grad`."
+    )
+    players = [
+        ("one neuron", animate_backward(manual.linear.loss, neuron, x, y,
+                                        title="one neuron: mean((x @ W + b - y)²)"),
+         "The single-neuron regression of section 1 on 4 points, before training."),
+        ("XOR 2-2-1", animate_backward(manual.xor.loss, xor_params, xor_x, xor_t,
+                                       title="XOR 2-2-1 sigmoid network, ½·MSE"),
+         "The 2-2-1 sigmoid network of section 2, untrained. The cotangents arriving at the "
+         "tagged net inputs `net_out` and `net_hidden` are the δ-terms of the generalised delta "
+         "rule (`funcgrad.manual.xor.deltas`)."),
+    ]
+    for _, player, caption in players:
+        sec.interactive(player, caption=caption)
+    t.row("reverse", "animated backward passes",
+          ", ".join(f"{name}: {len(player) - 1} steps" for name, player, _ in players))
 
 
 # The Python functions whose clusters the transformer graph draws as one node each.
@@ -475,6 +520,7 @@ _SECTION_FUNCS: dict[str, Callable[[_Tour, Section], None]] = {
     "mnist": _mnist,
     "gradients": _gradients,
     "graphs": _graphs,
+    "reverse": _reverse,
 }
 
 

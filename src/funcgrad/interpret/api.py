@@ -27,7 +27,7 @@ from funcgrad._args import arg_names as _arg_names
 from funcgrad._args import argnums_tuple as _argnums_tuple
 from funcgrad._paths import leaf_name
 from funcgrad.interpret import rules  # noqa: F401  (registers every rule)
-from funcgrad.interpret.backward import backward
+from funcgrad.interpret.backward import TransposeObserver, backward
 from funcgrad.interpret.eager import EAGER
 from funcgrad.interpret.jaxprs import without_refs
 from funcgrad.interpret.shortcuts import PLAIN, Shortcuts, using_shortcuts
@@ -347,6 +347,7 @@ def trace(
     out_cotangent: Any = None,
     backward: bool = True,
     jit: bool = False,
+    on_transpose: TransposeObserver | None = None,
     **kwargs: Any,
 ) -> Trace:
     """Evaluate ``fun(*args, **kwargs)`` and its backward pass, keeping every value and cotangent.
@@ -362,7 +363,13 @@ def trace(
     much faster for large models (eagerly, every primitive is dispatched, and compiled the first
     time it is seen), but values may differ from eager ones by float rounding where XLA fuses
     operations differently. Per-iteration values inside scan bodies are not kept either way.
+
+    ``on_transpose(index, eqn, out_cts, in_cts)`` is told of each top-level equation the backward
+    walk transposes, in the order it does (see :func:`funcgrad.interpret.backward.backward`);
+    it needs ``jit=False``, since a compiled walk has no values to report.
     """
+    if on_transpose is not None and jit:
+        raise ValueError("fg.trace: on_transpose needs jit=False (a compiled walk has no values)")
     nums = _argnums_tuple(argnums, len(args))
     traced = _Traced(fun, args, kwargs, nums, has_aux)
     seeds = _trace_seeds(traced, out_cotangent) if backward else None
@@ -371,7 +378,7 @@ def trace(
             tr, in_cts = _evaluate_compiled(traced, seeds)
         else:
             tr = traced.evaluate()
-            in_cts = _backward_seeded(tr, traced, seeds) if backward else None
+            in_cts = _backward_seeded(tr, traced, seeds, on_transpose) if backward else None
     value, aux = traced.split_outputs(tr.outputs)
     tr.closed_jaxpr = traced.closed
     tr.input_names = traced.input_names
@@ -397,9 +404,11 @@ def _trace_seeds(traced: _Traced, out_cotangent: Any) -> list[Any]:
     return [jnp.asarray(leaf, aval.dtype) for leaf, aval in zip(leaves, traced.out_avals)]
 
 
-def _backward_seeded(tr: Trace, traced: _Traced, seeds: list[Any]) -> list[Any]:
+def _backward_seeded(
+    tr: Trace, traced: _Traced, seeds: list[Any], on_transpose: TransposeObserver | None = None
+) -> list[Any]:
     n_aux = len(traced.closed.jaxpr.outvars) - traced.n_out
-    return backward(tr, seeds + [None] * n_aux, keep=True)
+    return backward(tr, seeds + [None] * n_aux, keep=True, on_transpose=on_transpose)
 
 
 def _cotangent_leaves(tr: Trace) -> list[Any]:

@@ -9,7 +9,7 @@ the walk itself knows nothing about any particular primitive.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -28,7 +28,7 @@ from funcgrad.interpret.registry import RuleSpec
 from funcgrad.interpret.shortcuts import Shortcuts, current_shortcuts
 from funcgrad.interpret.trace import Trace, is_differentiable, placeholder
 
-__all__ = ["backward", "emitting_rule", "instantiate", "zeros_like_aval"]
+__all__ = ["TransposeObserver", "backward", "emitting_rule", "instantiate", "zeros_like_aval"]
 
 # Whether nested backward passes (inside jit, custom_jvp, ... bodies) keep every cotangent too.
 _KEEP_COTANGENTS: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -132,8 +132,17 @@ def _call_rule(spec: RuleSpec, eqn: Any, trace: Trace, cts: list[Any], needs: li
     return spec.fn(ct_arg, *invals, **kwargs)
 
 
+TransposeObserver = Callable[[int, Any, list[Any], list[Any]], None]
+"""``on_transpose(index, eqn, out_cts, in_cts)``: told of each equation the walk transposes."""
+
+
 def backward(
-    trace: Trace, out_cts: Sequence[Any], *, keep: bool | None = None, release: bool = False
+    trace: Trace,
+    out_cts: Sequence[Any],
+    *,
+    keep: bool | None = None,
+    release: bool = False,
+    on_transpose: TransposeObserver | None = None,
 ) -> list[Any]:
     """Cotangents of ``trace``'s jaxpr inputs given its output cotangents (``None`` = zero).
 
@@ -145,17 +154,30 @@ def backward(
     are dropped from ``trace`` as soon as the walk has passed the equation, since only the
     equations after it read them. Peak memory then falls during the backward pass, as the
     forward activations are freed layer by layer; for ``fg.grad``, whose trace serves one pass.
+
+    ``on_transpose(index, eqn, out_cts, in_cts)`` is called after each equation of ``trace``'s
+    own jaxpr whose rule the walk runs (those with a nonzero output cotangent), last equation
+    first, with the cotangents of its outputs and those its rule returned for its inputs
+    (``None`` = zero), before they are added to what the inputs already hold. Nested walks
+    (inside ``jit``, ``scan``, ... bodies) are not reported. For inspection (``fg.trace``,
+    ``fg.viz.animate_backward``); nothing is called or kept when it is None.
     """
     if keep is None:
         keep = _KEEP_COTANGENTS.get()
     token = _KEEP_COTANGENTS.set(keep)
     try:
-        return _backward(trace, out_cts, keep, release and not keep)
+        return _backward(trace, out_cts, keep, release and not keep, on_transpose)
     finally:
         _KEEP_COTANGENTS.reset(token)
 
 
-def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool, release: bool) -> list[Any]:
+def _backward(
+    trace: Trace,
+    out_cts: Sequence[Any],
+    keep: bool,
+    release: bool,
+    on_transpose: TransposeObserver | None,
+) -> list[Any]:
     jaxpr = trace.jaxpr
     active = trace.active
     shortcuts = current_shortcuts()
@@ -185,6 +207,8 @@ def _backward(trace: Trace, out_cts: Sequence[Any], keep: bool, release: bool) -
                 cts.pop(v, None)
         if any(c is not None for c in eqn_cts):
             in_cts = _transpose_eqn(i, eqn, trace, eqn_cts, shortcuts)
+            if on_transpose is not None:
+                on_transpose(i, eqn, eqn_cts, in_cts)
             for v, ct in zip(eqn.invars, in_cts):
                 accumulate(v, ct)
         if release:  # every reader of these outputs comes later in the program: done

@@ -1,7 +1,8 @@
 """Pictures of gradients and training: jaxpr graphs now; plots, animations and reports on demand.
 
 ``draw_jaxpr(fun, *args)`` draws a function's jaxpr with funcgrad's values and gradients on every
-node, ``draw_trace(trace)`` draws a trace made by ``fg.trace``. The plotting modules (``plots``,
+node, ``draw_trace(trace)`` draws a trace made by ``fg.trace``, ``animate_backward(fun, *args)``
+plays its backward pass one equation at a time. The plotting modules (``plots``,
 ``animate``, ``report``) import matplotlib and are loaded on first use.
 """
 
@@ -12,8 +13,10 @@ from typing import Any
 
 from funcgrad.viz.graph import (
     DEFAULT_NODE_BUDGET,
+    BackwardAnimation,
     GraphvizNotFoundError,
     JaxprGraph,
+    animate_backward,
     draw_jaxpr,
     draw_trace,
 )
@@ -22,8 +25,10 @@ _SUBMODULES = frozenset({"plots", "animate", "report"})
 
 __all__ = [
     "DEFAULT_NODE_BUDGET",
+    "BackwardAnimation",
     "GraphvizNotFoundError",
     "JaxprGraph",
+    "animate_backward",
     "draw_jaxpr",
     "draw_trace",
     *sorted(_SUBMODULES),

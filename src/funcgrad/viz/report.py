@@ -7,6 +7,7 @@
     s = page.section("XOR", "A 2-2-1 sigmoid network learns XOR.")
     s.figure(fg.viz.plots.loss_curves(history), "xor-loss", caption="loss per epoch")
     s.graph(fg.viz.draw_jaxpr(loss, params, x, y), "xor-graph")      # rendered to SVG
+    s.interactive(fg.viz.animate_backward(loss, params, x, y))       # a player, inline
     s.image("moons.gif", caption="the boundary over training")       # a file made elsewhere
     s.grad_report(fg.compare_grads(loss, params, x, y))
     page.write("funcgrad-tour")                                      # -> .../index.html
@@ -18,7 +19,8 @@ report (or nothing), never half a page. All text is HTML-escaped; links are rela
 folder can be moved, zipped or served as it is. The page needs no network: no external styles,
 fonts or scripts. A small inline script records, once the page has loaded, how many of its
 images decoded, as ``<body data-images-ok="12/12">`` (and the broken ones in
-``data-images-broken``), which a headless browser can read back.
+``data-images-broken``), which a headless browser can read back. Interactive blocks
+(:meth:`Section.interactive`) are inline HTML with their own script, style and font.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ figure { margin: 1em 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figure.graph img { max-height: 900px; }
 figcaption { color: #555; font-size: 0.9em; margin-top: 0.3em; }
+figure.interactive { border: 1px solid #eee; padding: 0.4em; }
 pre { background: #f6f8fa; padding: 0.7em 1em; overflow-x: auto; font-size: 0.85em; }
 .note { border-left: 4px solid #999; background: #f6f6f6; padding: 0.5em 1em; margin: 1em 0; }
 .note.warning { border-color: #d9a400; background: #fff8e1; }
@@ -250,12 +253,24 @@ class Section:
         return self._picture(buffer.getvalue(), name, format, caption, "figure")
 
     def graph(self, graph: Any, name: str, *, caption: str | None = None) -> Section:
-        """A graphviz graph (e.g. :func:`funcgrad.viz.draw_jaxpr`), rendered now to SVG.
+        """A graphviz graph (e.g. :func:`funcgrad.viz.draw_jaxpr`), rendered now to SVG (for a
+        funcgrad graph, with its tooltips and its font inside: ``graph.to_svg()``).
 
         Raises :class:`funcgrad.viz.GraphvizNotFoundError` (or graphviz's ``ExecutableNotFound``)
         when Graphviz's ``dot`` is not installed.
         """
-        return self._picture(graph.pipe(format="svg"), name, "svg", caption, "figure graph")
+        to_svg = getattr(graph, "to_svg", None)
+        svg = to_svg().encode("utf-8") if to_svg is not None else graph.pipe(format="svg")
+        return self._picture(svg, name, "svg", caption, "figure graph")
+
+    def interactive(self, obj: Any, *, caption: str | None = None) -> Section:
+        """Something with ``to_html()`` (a backward animation's player, an interactive graph),
+        inline in the page: its script, style and font travel with it, no file is written."""
+        if not hasattr(obj, "to_html"):
+            raise TypeError(f"interactive() needs an object with to_html(), got {type(obj)}")
+        cap = f"<figcaption>{_esc(caption)}</figcaption>" if caption else ""
+        self._blocks.append(f'<figure class="interactive">{obj.to_html()}{cap}</figure>')
+        return self
 
     def image(
         self,

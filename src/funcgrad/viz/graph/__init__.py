@@ -25,19 +25,30 @@ forward pass and its backward pass, each equation of the latter labelled with th
 emitted it (which the interpreter records in the equation's name stack) and grouped per rule
 application.
 
-The result is a :class:`JaxprGraph` (a ``graphviz.Digraph``): it shows inline in notebooks as SVG,
-``.source`` is the DOT text, ``.render(path, format="svg"|"png"|"pdf")`` writes a file, and a
-missing ``dot`` program raises :class:`GraphvizNotFoundError` saying how to install it.
+The result is a :class:`JaxprGraph` (a ``graphviz.Digraph``): in notebooks it shows as
+interactive HTML (hover a node for the full summary of its value and gradient, click a collapsed
+cluster to open it), ``.source`` is the DOT text, ``.render(path, format="svg"|"png"|"pdf")``
+writes a file, ``.to_svg()``/``.save_html(path)`` the picture with its tooltips and font, and a
+missing ``dot`` program raises :class:`GraphvizNotFoundError` saying how to install it. Labels
+are set in DejaVu Sans, and boxes sized for it as browsers draw it (:mod:`.fonts`,
+:mod:`.measure`).
 
-The modules, in the order a drawing passes through them: :mod:`.api` (the two entry points),
+``animate_backward(fun, *args)`` plays the backward pass: one frame per equation funcgrad's
+walk transposes, with the rule, its formula and the cotangents (:class:`BackwardAnimation`).
+
+The modules, in the order a drawing passes through them: :mod:`.api` (the entry points),
 :mod:`.build` (trace to :mod:`.model`, grouped by :mod:`.origins`), :mod:`.collapse` (what to fold
-under ``node_budget``), :mod:`.dot` (DOT text, with :mod:`.labels`, :mod:`.params` and
-:mod:`.style`) and :mod:`.digraph` (the returned graph).
+under ``node_budget``), :mod:`.dot` (DOT text, with :mod:`.labels`, :mod:`.params`,
+:mod:`.style` and :mod:`.measure`), :mod:`.digraph` (the returned graph), :mod:`.svgtools`,
+:mod:`.page`, :mod:`.drill` and :mod:`.assets` (the interactive HTML), and for the animation
+:mod:`.walk` (the walk as the interpreter reports it), :mod:`.formulas`, :mod:`.captions` and
+:mod:`.animation`.
 """
 
 from __future__ import annotations
 
-from funcgrad.viz.graph.api import draw_jaxpr, draw_trace
+from funcgrad.viz.graph.animation import BackwardAnimation
+from funcgrad.viz.graph.api import animate_backward, draw_jaxpr, draw_trace
 from funcgrad.viz.graph.digraph import GraphvizNotFoundError, JaxprGraph
 from funcgrad.viz.graph.labels import CONST, FLOWS, NONE, UNKNOWN, ZERO
 from funcgrad.viz.graph.options import DEFAULT_NODE_BUDGET
@@ -83,8 +94,10 @@ __all__ = [
     "UNKNOWN",
     "ZERO",
     "ZERO_FILL",
+    "BackwardAnimation",
     "GraphvizNotFoundError",
     "JaxprGraph",
+    "animate_backward",
     "draw_jaxpr",
     "draw_trace",
 ]

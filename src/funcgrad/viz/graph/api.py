@@ -13,14 +13,17 @@ from funcgrad._paths import leaf_paths
 from funcgrad.interpret import UnsupportedPrimitiveError
 from funcgrad.interpret import grad as funcgrad_grad
 from funcgrad.interpret import trace as funcgrad_trace
+from funcgrad.viz.graph.animation import ANIMATION_NOTE, BackwardAnimation, build_animation
 from funcgrad.viz.graph.build import Builder, level_of_trace
 from funcgrad.viz.graph.collapse import budget_notes, choose_collapsed, outermost_collapsed, size
 from funcgrad.viz.graph.digraph import JaxprGraph
-from funcgrad.viz.graph.dot import emit_graph
+from funcgrad.viz.graph.dot import GradOverride, emit_graph
+from funcgrad.viz.graph.drill import Drawing
 from funcgrad.viz.graph.model import Item, Level
 from funcgrad.viz.graph.options import DEFAULT_NODE_BUDGET, DrawOptions, NodeNames
+from funcgrad.viz.graph.walk import record_walk
 
-__all__ = ["draw_jaxpr", "draw_trace"]
+__all__ = ["animate_backward", "draw_jaxpr", "draw_trace"]
 
 _GRADIENT_PROGRAM_NOTE = (
     "A gradient program: funcgrad's forward pass (every value kept), then the equations "
@@ -150,8 +153,61 @@ def draw_jaxpr(
     return _render(level, items, names, options, notes)
 
 
+def animate_backward(
+    fun: Callable,
+    *args: Any,
+    argnums: int | Sequence[int] = 0,
+    has_aux: bool = False,
+    out_cotangent: Any = None,
+    collapse: bool | str | Iterable[str] | None = None,
+    node_budget: int | None = DEFAULT_NODE_BUDGET,
+    rankdir: str = "LR",
+    scopes: bool = True,
+    legend: bool = True,
+    title: str | None = None,
+    interval: float = 0.8,
+) -> BackwardAnimation:
+    """Watch reverse mode: ``fun(*args)``'s graph, one frame per equation funcgrad transposes.
+
+    Frame 0 is the forward graph with every value (``draw_jaxpr``'s); frame k the state after
+    the backward walk has processed k equations: the equation of step k highlighted, its VJP
+    rule with the rule's one-line formula and the cotangents it received and sent back in the
+    caption, the cotangents that have arrived in red on their values (a fan-in shows its
+    partial sum, then ``Σn``). The last frame holds the gradients ``draw_jaxpr(...,
+    grads=True)`` shows, those of ``fg.grad``. Which equation each step transposes, and what it
+    sent where, is reported by the interpreter itself (``fg.trace(..., on_transpose=...)``).
+
+    ``argnums``, ``has_aux``, ``out_cotangent`` as for ``fg.trace``; ``collapse``,
+    ``node_budget``, ``rankdir``, ``scopes``, ``legend``, ``title`` as for :func:`draw_jaxpr`
+    (past the node budget a step may highlight a collapsed cluster); ``interval`` is the
+    player's seconds per frame. Returns a :class:`BackwardAnimation`: a player in notebooks,
+    ``.save(path)`` a self-contained HTML page, ``.frames`` the SVG of each frame.
+    """
+    walk = record_walk(fun, args, argnums=argnums, has_aux=has_aux, out_cotangent=out_cotangent)
+    full = walk.trace
+    options = DrawOptions(grads=True, values=True, collapse=collapse, node_budget=node_budget,
+                          rankdir=rankdir, scopes=scopes, legend=legend, title=title)
+    names = NodeNames(
+        inputs=full.input_names,
+        consts=full.const_names,
+        outputs=_program_output_names(fun, full, has_aux=has_aux, backward=False),
+    )
+    level = level_of_trace(full, "full")
+    items = Builder(scopes=options.scopes).items(level, full.records)
+
+    def render(grad_override: Any) -> JaxprGraph:
+        return _render(level, items, names, options, [ANIMATION_NOTE], grad_override)
+
+    return build_animation(walk, level, items, render, interval=interval)
+
+
 def _render(
-    level: Level, items: list[Item], names: NodeNames, options: DrawOptions, notes: list[str]
+    level: Level,
+    items: list[Item],
+    names: NodeNames,
+    options: DrawOptions,
+    notes: list[str],
+    grad_override: GradOverride | None = None,
 ) -> JaxprGraph:
     """Collapse what ``options`` ask for, then emit the graph with its notes."""
     jaxpr = level.jaxpr
@@ -160,7 +216,8 @@ def _render(
     collapsed = outermost_collapsed(groups)
     total = fixed + size(items)
     notes = [*notes, *budget_notes(collapsed, total, options.collapse, options.node_budget)]
-    graph = emit_graph(level, items, names, options, notes)
+    graph = emit_graph(level, items, names, options, notes, grad_override)
+    graph.drawing = Drawing(level, items, names, options)
     graph.notes = tuple(notes)
     graph.collapsed = tuple(g.name for g in collapsed)
     graph.clusters = tuple(g.name for g in groups)

@@ -13,10 +13,10 @@ from typing import Any
 
 from funcgrad.viz.graph.model import Group, Item, group_of
 
-__all__ = ["budget_notes", "choose_collapsed", "outermost_collapsed", "size"]
+__all__ = ["budget_notes", "choose_collapsed", "outermost_collapsed", "size", "walk_groups"]
 
 
-def _walk_groups(items: Iterable[Item], depth: int = 1) -> Iterator[Group]:
+def walk_groups(items: Iterable[Item], depth: int = 1) -> Iterator[Group]:
     """Every group under ``items``, outermost first, each with its nesting ``depth`` set."""
     for it in items:
         group = group_of(it)
@@ -25,9 +25,9 @@ def _walk_groups(items: Iterable[Item], depth: int = 1) -> Iterator[Group]:
         group.depth = depth
         yield group
         if group.kind in ("scope", "phase"):
-            yield from _walk_groups(group.items, depth + 1)
+            yield from walk_groups(group.items, depth + 1)
         for body in group.bodies:
-            yield from _walk_groups(body.items, depth + 1)
+            yield from walk_groups(body.items, depth + 1)
 
 
 def size(items: Iterable[Item]) -> int:
@@ -57,7 +57,7 @@ def choose_collapsed(
     ``collapse``: True/False for all/none, a name or set of names, or None to collapse only as
     much as keeps ``fixed`` (the input and output nodes) plus the items within ``node_budget``.
     """
-    groups = list(_walk_groups(items))
+    groups = list(walk_groups(items))
     for g in groups:
         g.collapsed = False
     if collapse is False or not groups:

@@ -1,13 +1,18 @@
 """Emitting DOT: the model of a drawing (:mod:`.model`) as Graphviz nodes, edges and clusters.
 
 Each node's label is HTML-like text: a bold header (the primitive and its params, or a name),
-then per output its shape, value and gradient. Inputs are parameters (red) or data (blue);
-collapsed groups are one ``box3d`` node; the legend, with any notes, sits below the graph.
+then per output its shape, value and gradient; its tooltip is the full summary of each (shape,
+dtype, min/mean/max/std, zeros, NaNs, first entries). Inputs are parameters (red) or data (blue);
+collapsed groups are one ``box3d`` node; the legend, with any notes, sits below the graph. What
+each node stands for is kept as a :class:`~.model.NodeRecord` per node, for the interactive
+renderings; :func:`emit_drill` draws one collapsed group on its own, expanded.
 """
 
 from __future__ import annotations
 
 import html
+import os
+from collections.abc import Callable
 from typing import Any
 
 import graphviz
@@ -23,20 +28,24 @@ from funcgrad.viz.graph.labels import (
     ZERO,
     combine_statuses,
     fmt_literal,
+    summary_lines,
     value_text,
 )
+from funcgrad.viz.graph.measure import cell_width, node_width
 from funcgrad.viz.graph.model import (
     Body,
     Eqn,
     Group,
     Item,
     Level,
+    NodeRecord,
     boundary,
     count_eqns,
     produced,
     uses,
 )
 from funcgrad.viz.graph.options import DrawOptions, NodeNames
+from funcgrad.viz.graph.origins import user_stack
 from funcgrad.viz.graph.params import params_text
 from funcgrad.viz.graph.style import (
     DATA_COLOR,
@@ -56,9 +65,14 @@ from funcgrad.viz.graph.style import (
     status_style,
 )
 
-__all__ = ["emit_graph"]
+__all__ = ["GradOverride", "emit_drill", "emit_graph"]
+
+GradOverride = Callable[[Level, Any], "tuple[str, str | None] | None"]
+"""``(level, var) -> (status, text)`` drawn instead of the gradient the level knows (or None)."""
 
 _LARGE_GRAPH = 200  # nodes; past this, cap dot's layout iterations
+_MARGIN_X = 0.07 * 72  # a node's margin left and right of its label, in points
+_BOX3D_MARGIN_X = 0.1 * 72
 
 
 def _esc(text: str) -> str:
@@ -78,13 +92,61 @@ def _label(lines: list[str]) -> str:
     return "<" + "<BR/>".join(lines) + ">"
 
 
-def _tooltip(eqn: JaxprEqn) -> str:
-    return f"{eqn.primitive.name} at {source_line(eqn)}"
+def _where(eqn: JaxprEqn) -> str:
+    """The primitive and the line of the user's code that emitted it, when known."""
+    stack = user_stack(eqn)
+    if stack:
+        path, func, line = stack[-1]
+        return f"{eqn.primitive.name} at {os.path.basename(path)}:{line} ({func})"
+    line = source_line(eqn)
+    name = eqn.primitive.name
+    return name if line.startswith("an unknown") else f"{name} at {line}"
+
+
+def _tooltip_text(lines: list[str]) -> str:
+    """Lines as one Graphviz tooltip (an escString: ``\\n`` separates lines)."""
+    parts = (part.replace("\\", "/") for line in lines for part in line.split("\n"))
+    return "\\n".join(parts)
+
+
+_ROLES = {
+    "param": "a parameter: the output is differentiated with respect to it",
+    "data": "data / constant",
+    "value": "computed outside this cluster",
+}
+
+
+def gradient_summary(level: Level, v: Any, name: str = "") -> list[str]:
+    """The lines of a tooltip about ``v``'s gradient: its full summary, or why there is none."""
+    status, _ = level.grad(v)
+    what = f"gradient of {name}" if name else "gradient"
+    if status in (FLOWS, ZERO):
+        summary = summary_lines(level.cotangent(v))
+        if summary:
+            return [f"{what}: {summary[0]}", *("    " + x for x in summary[1:])]
+        return []
+    if status == NONE:
+        return [f"{what}: none reaches it"]
+    if status == CONST:
+        return [f"{what}: none (independent of the parameters)"]
+    return []
+
+
+def _eqn_indices(g: Group) -> list[int]:
+    """The indices of the equations a scope or phase group holds, at its own level."""
+    out: list[int] = []
+    for it in g.items:
+        if isinstance(it, Eqn):
+            out.append(it.index)
+        else:
+            out.extend(_eqn_indices(it))
+    return out
 
 
 def _box3d(attrs: dict[str, str]) -> dict[str, str]:
     """``attrs`` for a node that stands for a whole cluster: a box with a shadow."""
     attrs["shape"] = "box3d"
+    attrs["margin"] = "0.1,0.07"  # the shadow takes room from the label's top and right
     attrs["style"] = attrs.get("style", "filled").replace("rounded,", "")
     return attrs
 
@@ -92,12 +154,17 @@ def _box3d(attrs: dict[str, str]) -> dict[str, str]:
 class _Emitter:
     """Writes nodes into (sub)graphs, numbering them; collects edges to add at the end."""
 
-    def __init__(self, *, values: bool, grads: bool) -> None:
+    def __init__(
+        self, *, values: bool, grads: bool, grad_override: GradOverride | None = None
+    ) -> None:
         self.values = values
         self.grads = grads
+        self.grad_override = grad_override
         self.count = 0
         self.n_nodes = 0
         self.edges: dict[tuple[str, str], dict[str, str]] = {}
+        self.records: dict[str, NodeRecord] = {}
+        self._grad_lines: list[tuple[Any, str]] = []  # of the node being labelled
 
     def new_id(self, prefix: str = "n") -> str:
         self.count += 1
@@ -115,10 +182,35 @@ class _Emitter:
             lines = [_font(prefix + shape, SHAPE_TEXT)]
             if value is not None:
                 lines.append(_font(value))
-        status, text = level.grad(v) if self.grads else (UNKNOWN, None)
+        status, text = self.grad_of(level, v) if self.grads else (UNKNOWN, None)
         if text is not None:
             lines.append(_font(text, GRAD_COLOR if status == FLOWS else GREY_TEXT))
+            self._grad_lines.append((v, text))
         return lines, status
+
+    def grad_of(self, level: Level, v: Any) -> tuple[str, str | None]:
+        """(status, text) of ``v``'s gradient line."""
+        if self.grad_override is not None:
+            drawn = self.grad_override(level, v)
+            if drawn is not None:
+                return drawn
+        return level.grad(v)
+
+    def tooltip(self, title: str, level: Level | None, outvars: list[Any], limit: int = 6) -> str:
+        """``title``, then the full summary of each output's value and gradient."""
+        lines = [title]
+        real = [v for v in outvars if not isinstance(v, DropVar)]
+        for k, v in enumerate(real[:limit] if level is not None else []):
+            name = f"output #{k}" if len(real) > 1 else "value"
+            if self.values:
+                summary = summary_lines(level.value(v))
+                if summary:
+                    lines += [f"{name}: {summary[0]}", *("    " + x for x in summary[1:])]
+            if self.grads:
+                lines += gradient_summary(level, v, name if len(real) > 1 else "")
+        if len(real) > limit:
+            lines.append(f"... {len(real) - limit} more outputs")
+        return _tooltip_text(lines)
 
     def outputs_lines(
         self, level: Level, outvars: list[Any], limit: int = 4
@@ -163,10 +255,22 @@ class _Emitter:
         return lines + out_lines, status
 
     # -- nodes and edges -----------------------------------------------------------------------
-    def node(self, graph: graphviz.Digraph, lines: list[str], **attrs: str) -> str:
+    def node(
+        self, graph: graphviz.Digraph, lines: list[str], record: NodeRecord | None = None,
+        **attrs: str,
+    ) -> str:
+        """A node labelled ``lines``; ``record`` says what it stands for."""
         nid = self.new_id()
         self.n_nodes += 1
+        margin = _BOX3D_MARGIN_X if attrs.get("shape") == "box3d" else _MARGIN_X
+        width = node_width(lines, margin)
+        if width is not None:
+            attrs["width"] = f"{width / 72:.3f}"
         graph.node(nid, _label(lines), **attrs)
+        record = record or NodeRecord(nid, "literal", None)
+        record.name = nid
+        record.grad_lines, self._grad_lines = self._grad_lines, []
+        self.records[nid] = record
         return nid
 
     def edge(self, src: str | None, dst: str, level: Level | None, v: Any) -> None:
@@ -189,9 +293,15 @@ class _Emitter:
             return self.literal_node(graph, v)
         return env.get(v)
 
-    def cluster(self, title: str, color: str, dashed: bool = False) -> graphviz.Digraph:
+    def cluster(
+        self, title: str, color: str, dashed: bool = False, record: NodeRecord | None = None
+    ) -> graphviz.Digraph:
+        name = self.new_id("cluster_")
+        if record is not None:
+            record.name = name
+            self.records[name] = record
         return graphviz.Digraph(
-            name=self.new_id("cluster_"),
+            name=name,
             graph_attr={
                 "label": title,
                 "labeljust": "l",
@@ -233,10 +343,15 @@ class _Emitter:
             )
         lines, status = self.eqn_lines(it, level, header)
         attrs = status_style(status, self.grads)
+        title = [_where(eqn)]
         if it.body is not None:
             attrs = _box3d(attrs)
-        attrs["tooltip"] = _tooltip(eqn)
-        nid = self.node(graph, lines, **attrs)
+            title.append(f"{it.body.title}: {count_eqns(it.body)} equations, collapsed")
+        if it.rule:
+            title.append(f"emitted by the VJP rule {it.rule}")
+        attrs["tooltip"] = self.tooltip("\n".join(title), level, list(eqn.outvars))
+        record = NodeRecord("", "eqn", level, [it.index], group=it.body, item=it)
+        nid = self.node(graph, lines, record, **attrs)
         for v in eqn.invars:
             if isinstance(v, Var):
                 self.edge(env.get(v), nid, level, v)
@@ -256,8 +371,11 @@ class _Emitter:
         out_lines, status = self.outputs_lines(level, outputs, limit=3)
         lines += out_lines
         attrs = _box3d(status_style(status, self.grads))
-        attrs["tooltip"] = g.title
-        nid = self.node(graph, lines, **attrs)
+        attrs["tooltip"] = self.tooltip(
+            f"{g.title}\n{count_eqns(g)} equations, collapsed", level, outputs, limit=3
+        )
+        record = NodeRecord("", "collapsed", level, _eqn_indices(g), group=g, item=g)
+        nid = self.node(graph, lines, record, **attrs)
         for v in inputs:
             self.edge(env.get(v), nid, level, v)
         for v in outputs:
@@ -272,7 +390,8 @@ class _Emitter:
         """A call's or a loop's cluster, with its bodies drawn inside."""
         g = it.body
         eqn = it.eqn
-        outer = self.cluster(g.title, g.color)
+        outer = self.cluster(g.title, g.color,
+                             record=NodeRecord("", "cluster", level, [it.index], group=g, item=it))
         body_outs = [self.emit_body(body, g, outer, env) for body in g.bodies]
         if g.kind == "call":
             for ov, ref in zip(eqn.outvars, body_outs[0]):
@@ -281,8 +400,9 @@ class _Emitter:
         else:  # control flow: one node for the loop's (or cond's) actual results
             lines, status = self.eqn_lines(it, level, self.header(it))
             attrs = status_style(status, self.grads)
-            attrs["tooltip"] = _tooltip(eqn)
-            nid = self.node(outer, lines, **attrs)
+            attrs["tooltip"] = self.tooltip(_where(eqn), level, list(eqn.outvars))
+            nid = self.node(outer, lines, NodeRecord("", "control", level, [it.index], item=it),
+                            **attrs)
             for refs in body_outs:
                 for ref in refs:
                     self.edge(ref, nid, None, None)
@@ -331,10 +451,15 @@ class _Emitter:
                 attrs.update(fillcolor=ZERO_FILL)
             elif self.grads and status in (NONE, CONST):
                 attrs.update(fillcolor=NOFLOW_FILL, style="rounded,filled,dashed")
+        elif role == "value":
+            attrs = {"color": SHAPE_TEXT, "fillcolor": NOFLOW_FILL}
         else:
             attrs = {"color": DATA_COLOR, "fillcolor": DATA_FILL}
-        attrs["tooltip"] = f"{name}: {'parameter' if role == 'param' else 'data / constant'}"
-        return self.node(graph, lines, **attrs)
+        what = _ROLES[role]
+        attrs["tooltip"] = self.tooltip(f"{name}: {what}", level, [v])
+        if value is not None and level.values is None and self.values:
+            attrs["tooltip"] = _tooltip_text([f"{name}: {what}", *summary_lines(value)])
+        return self.node(graph, lines, NodeRecord("", "input", level), **attrs)
 
     def output_node(self, graph: graphviz.Digraph, level: Level, v: Any, name: str,
                     env: dict[Var, str]) -> None:
@@ -348,32 +473,39 @@ class _Emitter:
             value = value_text(level.value(v)) if self.values else None
             lines.append(_font(shape, SHAPE_TEXT) + (" " + _font(value) if value else ""))
             src = env.get(v)
-        nid = self.node(graph, lines, color=OUTPUT_COLOR, fillcolor=OUTPUT_FILL, penwidth="1.5",
-                        tooltip=f"output {name}")
+        tip = self.tooltip(f"output {name}", level, [v]) if isinstance(v, Var) else f"output {name}"
+        nid = self.node(graph, lines, NodeRecord("", "output", level), color=OUTPUT_COLOR,
+                        fillcolor=OUTPUT_FILL, penwidth="1.5", tooltip=tip)
         self.edge(src, nid, None, None)
+
+
+def _cell(attrs: str, content: str) -> str:
+    """A legend cell wide enough for its text as a browser draws it."""
+    return f'<TD{attrs} WIDTH="{cell_width(content)}">{content}</TD>'
 
 
 def _legend(grads: bool, notes: list[str]) -> str:
     """The legend below the graph (an HTML-like table), with ``notes`` under it."""
     cells = [
-        f'<TD COLOR="{PARAM_COLOR}" BGCOLOR="white">parameter (differentiated input)</TD>',
-        f'<TD COLOR="{DATA_COLOR}" BGCOLOR="{DATA_FILL}">data / constant input</TD>',
-        '<TD BGCOLOR="white">operation: value, '
-        + (f'<FONT COLOR="{GRAD_COLOR}">gradient</FONT>' if grads else "shape")
-        + "</TD>",
-        f'<TD COLOR="{OUTPUT_COLOR}" BGCOLOR="{OUTPUT_FILL}">output</TD>',
+        _cell(f' COLOR="{PARAM_COLOR}" BGCOLOR="white"', "parameter (differentiated input)"),
+        _cell(f' COLOR="{DATA_COLOR}" BGCOLOR="{DATA_FILL}"', "data / constant input"),
+        _cell(' BGCOLOR="white"', "operation: value, "
+              + (f'<FONT COLOR="{GRAD_COLOR}">gradient</FONT>' if grads else "shape")),
+        _cell(f' COLOR="{OUTPUT_COLOR}" BGCOLOR="{OUTPUT_FILL}"', "output"),
     ]
     if grads:
         cells += [
-            f'<TD BGCOLOR="{ZERO_FILL}"><FONT COLOR="{GREY_TEXT}">gradient exactly 0</FONT></TD>',
-            f'<TD BGCOLOR="{NOFLOW_FILL}" STYLE="dashed" COLOR="{GREY_TEXT}"><FONT COLOR="'
-            f'{GREY_TEXT}">no gradient flows (data, labels, stop_gradient)</FONT></TD>',
+            _cell(f' BGCOLOR="{ZERO_FILL}"',
+                  f'<FONT COLOR="{GREY_TEXT}">gradient exactly 0</FONT>'),
+            _cell(f' BGCOLOR="{NOFLOW_FILL}" STYLE="dashed" COLOR="{GREY_TEXT}"',
+                  f'<FONT COLOR="{GREY_TEXT}">no gradient flows (data, labels, stop_gradient)'
+                  "</FONT>"),
         ]
-    cells.append('<TD BGCOLOR="white" STYLE="dashed">box with a shadow: a collapsed cluster</TD>')
+    cells.append(_cell(' BGCOLOR="white" STYLE="dashed"', "box with a shadow: a collapsed cluster"))
     rows = ["<TR>" + "".join(cells) + "</TR>"]
     for note in notes:
-        rows.append(f'<TR><TD COLSPAN="{len(cells)}" BORDER="0" ALIGN="LEFT">'
-                    f"{_esc(note)}</TD></TR>")
+        rows.append("<TR>" + _cell(f' COLSPAN="{len(cells)}" BORDER="0" ALIGN="LEFT"', _esc(note))
+                    + "</TR>")
     return (
         '<<TABLE BORDER="0" CELLBORDER="1" CELLSPACING="3" CELLPADDING="3">'
         + "".join(rows)
@@ -406,13 +538,19 @@ def _new_graph(rankdir: str) -> JaxprGraph:
 
 
 def emit_graph(
-    level: Level, items: list[Item], names: NodeNames, options: DrawOptions, notes: list[str]
+    level: Level,
+    items: list[Item],
+    names: NodeNames,
+    options: DrawOptions,
+    notes: list[str],
+    grad_override: GradOverride | None = None,
 ) -> JaxprGraph:
     """The DOT graph of ``items`` (the top ``level``'s, collapsed groups marked), its inputs and
-    outputs, and the legend with ``notes``; ``node_count`` set."""
+    outputs, and the legend with ``notes``; ``node_count`` and ``records`` set.
+    ``grad_override`` replaces the text of gradient lines (the animation reserves room)."""
     jaxpr = level.jaxpr
     graph = _new_graph(options.rankdir)
-    em = _Emitter(values=options.values, grads=options.grads)
+    em = _Emitter(values=options.values, grads=options.grads, grad_override=grad_override)
     env: dict[Var, str] = {}
     # Inputs are not ranked together: dot then puts each next to its first consumer, so a
     # parameter sits by the layer that uses it instead of sending an edge across the graph.
@@ -435,10 +573,52 @@ def emit_graph(
         graph.attr(label=_legend(options.grads, label_notes), labelloc="b", labeljust="l")
     elif label_notes:
         graph.attr(label="\n".join(label_notes), labelloc="b", labeljust="l")
+    _finish(graph, em)
+    return graph
+
+
+def _finish(graph: JaxprGraph, em: _Emitter) -> None:
     if em.n_nodes > _LARGE_GRAPH:
         # dot's network-simplex passes dominate on big graphs with long edges (a gradient
         # program's residuals): two iterations each keep the layout readable and take seconds,
         # not minutes.
         graph.attr(nslimit="2", nslimit1="2")
     graph.node_count = em.n_nodes
+    graph.records = em.records
+
+
+def emit_drill(
+    level: Level,
+    item: Item,
+    counts: dict[Var, int],
+    options: DrawOptions,
+    input_names: dict[Var, tuple[str, str]],
+    output_names: dict[Var, str],
+) -> JaxprGraph:
+    """One group of ``level`` drawn on its own, expanded: ``item`` (a scope or phase group, or
+    an equation with a body) between nodes for the values it reads from outside and those it
+    gives out. ``input_names`` maps an outer value to (name, role), ``output_names`` names the
+    values that are outputs of the whole drawing; ``counts`` are the level's reads
+    (:func:`~.model.uses`). The item's inner groups stay as collapsed as they are marked."""
+    group = item.body if isinstance(item, Eqn) else item
+    if isinstance(item, Eqn):
+        inputs = [v for v in item.eqn.invars if isinstance(v, Var)]
+        outputs = [v for v in item.eqn.outvars if not isinstance(v, DropVar)]
+    else:
+        inputs, outputs = boundary(item, counts)
+    graph = _new_graph(options.rankdir)
+    em = _Emitter(values=options.values, grads=options.grads)
+    env: dict[Var, str] = {}
+    for v in dict.fromkeys(inputs):
+        name, role = input_names.get(v, ("outer value", "value"))
+        env[v] = em.input_node(graph, level, v, name, role=role)
+    em.emit_items([item], level, graph, env, counts)
+    for k, v in enumerate(outputs):
+        em.output_node(graph, level, v, output_names.get(v, f"result #{k}" if len(outputs) > 1
+                                                      else "result"), env)
+    for (src, dst), attrs in em.edges.items():
+        graph.edge(src, dst, **attrs)
+    title = f"{group.title if group is not None else ''}: {count_eqns(group)} equations, opened"
+    graph.attr(label=title, labelloc="t", labeljust="l", fontsize="11")
+    _finish(graph, em)
     return graph

@@ -2,7 +2,8 @@
 
 A scalar is shown as its number, an array of at most four elements in full, a larger one as
 ``min … mean … max …`` (non-finite entries counted apart); a gradient likewise, in front of it
-``grad``, and how many of its entries are exactly zero.
+``grad``, and how many of its entries are exactly zero. Hovering a node shows the full summary
+(:func:`summary_lines`): shape, dtype, min/mean/max/std, zeros, NaNs and the first entries.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "fmt_literal",
     "fmt_number",
     "grad_text",
+    "summary_lines",
     "value_text",
 ]
 
@@ -140,3 +142,44 @@ def fmt_literal(lit: Literal) -> str:
     if a is None or a.size != 1:
         return "const"
     return fmt_number(a.item())
+
+
+_FIRST = 8  # entries listed in a full summary
+
+
+def summary_lines(value: Any) -> list[str]:
+    """The full summary of an array, one fact a line: its shape and dtype; min, mean, max and
+    std (of the finite entries); how many entries are zero, NaN and infinite; the first entries.
+    Empty for what has no numbers (a tracer, a PRNG key)."""
+    a = _as_numpy(value)
+    if a is None:
+        return []
+    head = f"{a.dtype.name}{list(a.shape)}, {a.size} entr{'y' if a.size == 1 else 'ies'}"
+    if a.size == 0:
+        return [head]
+    if a.ndim == 0:
+        return [f"{head}: {fmt_number(a.item())}"]
+    lines = [head]
+    if a.dtype.kind == "b":
+        lines.append(f"{int(np.count_nonzero(a))} true, {a.size - int(np.count_nonzero(a))} false")
+    else:
+        real = np.abs(a) if a.dtype.kind == "c" else a
+        finite = real[np.isfinite(real)] if real.dtype.kind == "f" else real
+        if finite.size:
+            f64 = finite.astype(np.float64)
+            prefix = "|·| " if a.dtype.kind == "c" else ""
+            lines.append(
+                f"{prefix}min {fmt_number(f64.min())}  mean {fmt_number(f64.mean())}  "
+                f"max {fmt_number(f64.max())}  std {fmt_number(f64.std())}"
+            )
+        zeros = a.size - int(np.count_nonzero(a))
+        counts = f"zeros {zeros} of {a.size}"
+        if a.dtype.kind in "fc":
+            nans = int(np.count_nonzero(np.isnan(a)))
+            infs = int(np.count_nonzero(np.isinf(a)))
+            counts += f", NaN {nans}, inf {infs}"
+        lines.append(counts)
+    first = " ".join(fmt_number(x) for x in a.ravel()[:_FIRST])
+    more = " …" if a.size > _FIRST else ""
+    lines.append(f"first [{first}{more}]" if a.size > _FIRST else f"entries [{first}]")
+    return lines

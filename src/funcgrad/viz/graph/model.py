@@ -23,6 +23,7 @@ __all__ = [
     "Group",
     "Item",
     "Level",
+    "NodeRecord",
     "boundary",
     "count_eqns",
     "group_of",
@@ -84,6 +85,17 @@ class Level:
             return NONE, NO_GRAD_TEXT[NONE]
         return grad_text(ct)
 
+    def cotangent(self, v: Any) -> Any:
+        """``v``'s cotangent where this level knows it (else None), as :meth:`grad` reads it."""
+        if self.grad_mode == "off" or isinstance(v, (Literal, DropVar)):
+            return None
+        if self.grad_mode == "custom":
+            if v in self.override:
+                outer, outer_v = self.override[v]
+                return outer.cotangent(outer_v)
+            return None
+        return (self.cts or {}).get(v)
+
 
 @dataclass(eq=False)
 class Eqn:
@@ -126,6 +138,26 @@ class Group:
 
 Item = Eqn | Group
 """What a level's (or a group's) list of items holds."""
+
+
+@dataclass(eq=False)
+class NodeRecord:
+    """What one drawn node (or cluster) stands for: read back by the interactive renderings.
+
+    ``kind`` is "input", "eqn" (an equation, or a call or loop drawn collapsed), "collapsed" (a
+    scope or phase group), "control" (the results of an expanded loop or cond), "output",
+    "literal" or "cluster" (an expanded call's or loop's cluster). ``eqns`` are the indices of
+    the ``level``'s equations it stands for, ``grad_lines`` the variable and the text of each
+    gradient line it shows, in order, and ``group`` the collapsed group (or body) it hides.
+    """
+
+    name: str
+    kind: str
+    level: Level | None
+    eqns: list[int] = field(default_factory=list)
+    grad_lines: list[tuple[Any, str]] = field(default_factory=list)
+    group: Group | None = None
+    item: Item | None = None
 
 
 def group_of(item: Item) -> Group | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from funcgrad.viz.graph.fonts import FONT_FAMILY
 from funcgrad.viz.graph.labels import FLOWS, UNKNOWN, ZERO
 
 __all__ = [
@@ -42,7 +43,7 @@ SCOPE_COLOR = "#b0b0b0"  # clusters of a Python function's equations
 RULE_COLOR = "#e8a8a8"  # clusters of one VJP rule's equations
 CALL_COLOR = "#7f7f7f"  # clusters of a call's body (jit, custom_jvp, checkpoint, ...)
 CONTROL_COLOR = "#8c564b"  # clusters of scan, cond and while bodies
-FONT = "Helvetica"
+FONT = FONT_FAMILY  # installed with Graphviz's fonts; pages embed it (see .fonts)
 
 _CLUSTER_TEXT = {SCOPE_COLOR: "#707070", RULE_COLOR: "#b05050"}
 
