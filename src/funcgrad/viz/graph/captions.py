@@ -93,7 +93,7 @@ def captions(walk: Walk, graph: Any) -> list[list[str]]:
                 continue
             name = names.get(v, "?")
             if isinstance(v, Var) and v not in walk.trace.active:
-                sent.append(f"{name} ← none needed (independent of the parameters)")
+                sent.append(f"{name} ← none needed (no gradient flows into it)")
                 continue
             if ct is None or not isinstance(v, Var) or (v, step.frame) not in order:
                 sent.append(f"{name} ← 0 (none)")

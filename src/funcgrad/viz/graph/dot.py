@@ -118,7 +118,7 @@ _ROLES = {
 
 def gradient_summary(level: Level, v: Any, name: str = "") -> list[str]:
     """The lines of a tooltip about ``v``'s gradient: its full summary, or why there is none."""
-    status, _ = level.grad(v)
+    status, text = level.grad(v)
     what = f"gradient of {name}" if name else "gradient"
     if status in (FLOWS, ZERO):
         summary = summary_lines(level.cotangent(v))
@@ -127,8 +127,8 @@ def gradient_summary(level: Level, v: Any, name: str = "") -> list[str]:
         return []
     if status == NONE:
         return [f"{what}: none reaches it"]
-    if status == CONST:
-        return [f"{what}: none (independent of the parameters)"]
+    if status == CONST:  # independent of the parameters, or stopped (stop_gradient)
+        return [f"{what}: none ({(text or '').removeprefix('no grad: ')})"]
     return []
 
 
