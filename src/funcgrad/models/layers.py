@@ -406,6 +406,22 @@ def flatten(x: jax.Array) -> jax.Array:
     return x.reshape(x.shape[0], -1)
 
 
+def image_patches(x: jax.Array, size: int | Sequence[int]) -> jax.Array:
+    """Cut NHWC images into non-overlapping patches, row by row: ``(batch, H, W, C) -> (batch,
+    (H/ph)·(W/pw), ph·pw·C)``, each patch flattened in (row, column, channel) order (the input
+    of a patch transformer). H and W must be multiples of the patch size ``(ph, pw)``."""
+    ph, pw = _pair(size, "size")
+    *lead, height, width, channels = x.shape
+    if height % ph or width % pw:
+        raise ValueError(
+            f"image_patches: image size {height}x{width} is not a multiple of the patch size "
+            f"{ph}x{pw}"
+        )
+    x = x.reshape(*lead, height // ph, ph, width // pw, pw, channels)
+    x = jnp.moveaxis(x, -4, -3)  # (..., H/ph, W/pw, ph, pw, C)
+    return x.reshape(*lead, (height // ph) * (width // pw), ph * pw * channels)
+
+
 # ----------------------------------------------------------------------------------------------
 # Normalisation, dropout, embeddings
 
