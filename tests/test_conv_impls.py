@@ -1,5 +1,8 @@
 """The formulations of conv2d and max_pool compute the same function and gradients, with both
-engines: im2col (derived VJP), im2col_vjp (hand-written custom_vjp) and XLA's own ops."""
+engines: im2col (derived VJP), im2col_vjp (hand-written custom_vjp) and XLA's own ops; max_pool's
+reshape (derived), argmax_vjp (hand-written) and reduce_window; the CNN's pool_first order."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -142,6 +145,79 @@ def test_overlapping_or_padded_pools_fall_back_to_reduce_window():
         )
 
 
+@pytest.mark.parametrize("window", [2, 3, (2, 3)])
+def test_argmax_vjp_pool_equals_the_derived_gradient(window):
+    # Random inputs: one maximum per window, where every convention agrees. The reference is
+    # the gradient funcgrad derives for the reshape formulation, primitive by primitive.
+    x = jax.random.normal(jax.random.key(4), (2, 7, 9, 3))
+    np.testing.assert_array_equal(
+        layers.max_pool(x, window, impl="argmax_vjp"), layers.max_pool(x, window)
+    )
+
+    def loss(x, impl):
+        return jnp.sum(jnp.sin(layers.max_pool(x, window, impl=impl)) * jnp.cos(x[:, :2, :3]).sum())
+
+    expected = fg.grad(loss)(x, "reshape")
+    for grad in (jax.grad, fg.grad):
+        eager = grad(loss)
+        for got in (eager(x, "argmax_vjp"), jax.jit(eager, static_argnums=1)(x, "argmax_vjp")):
+            assert got.dtype == x.dtype
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_argmax_vjp_pool_sends_ties_to_the_first_maximum_like_reduce_window():
+    x = jnp.array([[3.0, 1.0, 2.0, 2.0], [3.0, 0.0, 2.0, 2.0]])[None, :, :, None]
+    for grad in (jax.grad, fg.grad):
+        got = grad(lambda x: layers.max_pool(x, impl="argmax_vjp").sum())(x)
+        first = jax.grad(lambda x: layers.max_pool(x, impl="xla").sum())(x)
+        np.testing.assert_array_equal(got, first)
+        np.testing.assert_array_equal(got[0, :, :, 0], [[1, 0, 1, 0], [0, 0, 0, 0]])
+    per_example = jax.vmap(jax.grad(lambda x: layers.max_pool(x, impl="argmax_vjp").sum()))
+    np.testing.assert_array_equal(per_example(x[:, None])[:, 0], first)
+
+
+def test_im2col_vjp_evaluates_with_xla_convolution_and_trains_with_patches():
+    # Not differentiated, conv2d(impl="im2col_vjp") is XLA's convolution; differentiated, its
+    # forward pass is patches @ W. Both equal the derived formulation up to float rounding.
+    params = layers.conv2d_init(jax.random.key(5), 3, 4, 6)
+    x = jax.random.normal(jax.random.key(6), (3, 9, 8, 4))
+    for padding in ("SAME", "VALID"):
+        want = layers.conv2d(params, x, padding=padding, impl="im2col")
+        got = jax.jit(lambda p, x, padding=padding: layers.conv2d(
+            p, x, padding=padding, impl="im2col_vjp"))(params, x)  # fmt: skip
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        value, _ = fg.vjp(lambda x, padding=padding: layers.conv2d(
+            params, x, padding=padding, impl="im2col_vjp"), x)  # fmt: skip
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "identity"])
+def test_pool_first_is_the_same_function_and_gradient(activation):
+    params = cnn.init(jax.random.key(7), (12, 12, 1), conv_channels=(4, 8), dense_sizes=(16, 10))
+    x = jax.random.normal(jax.random.key(8), (6, 12, 12, 1))
+    y = jnp.arange(6) % 10
+    plain = cnn.apply(params, x, activation=activation)
+    pooled_first = cnn.apply(params, x, activation=activation, pool_first=True)
+    np.testing.assert_array_equal(pooled_first, plain)
+
+    def loss(p, **kwargs):
+        return losses.softmax_cross_entropy(cnn.apply(p, x, activation=activation, **kwargs), y)
+
+    expected = fg.grad(loss)(params)  # derived, conv -> act -> pool
+    fast = {"pool_first": True, "conv_impl": "im2col_vjp", "pool_impl": "argmax_vjp"}
+    for kwargs in ({"pool_first": True}, fast):
+        for grad in (jax.grad, fg.grad):
+            got = grad(functools.partial(loss, **kwargs))(params)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_pool_first_needs_an_activation_that_commutes_with_max():
+    params = cnn.init(jax.random.key(0), (8, 8, 1), conv_channels=(2,), dense_sizes=(3,))
+    with pytest.raises(ValueError, match="pool_first=True needs an activation that commutes"):
+        cnn.apply(params, jnp.ones((1, 8, 8, 1)), activation="gelu", pool_first=True)
+
+
 def test_unknown_impl_is_refused():
     params = layers.conv2d_init(jax.random.key(0), 3, 1, 2)
     with pytest.raises(ValueError, match="conv2d impl must be one of"):
@@ -161,9 +237,13 @@ def test_the_cnn_trains_the_same_with_either_formulation():
         )
 
     ref_loss, ref_grads = jax.value_and_grad(loss)(params, "xla", "xla")
-    for conv_impl in ("im2col", "im2col_vjp"):
+    for conv_impl, pool_impl in [
+        ("im2col", "reshape"),
+        ("im2col_vjp", "reshape"),
+        ("im2col_vjp", "argmax_vjp"),
+    ]:
         for value_and_grad in (jax.value_and_grad, fg.value_and_grad):
-            got_loss, got_grads = value_and_grad(loss)(params, conv_impl, "reshape")
+            got_loss, got_grads = value_and_grad(loss)(params, conv_impl, pool_impl)
             np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
             for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads)):
                 np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
