@@ -1,12 +1,14 @@
 """Benchmark: the MNIST CNN's training step, formulation by formulation, and where its time goes.
 
 1. **Formulations.** The jitted training step (Adam, batch 128, an 8-step ``lax.scan`` per call as
-   in ``fit``) of ``cnn.apply`` with each ``conv_impl`` / ``pool_impl`` (``layers.conv2d``,
-   ``layers.max_pool``), each gradient engine and each XLA option set (fit's CPU defaults,
+   in ``fit``) of ``cnn.apply`` with each formulation (``conv_impl``, ``pool_impl``,
+   ``pool_first``: ``layers.conv2d``, ``layers.max_pool``, ``cnn.FAST``), each gradient engine
+   and each XLA option set (fit's CPU defaults,
    matmuls on Eigen; XLA's own, matmuls on YNNPACK), and PyTorch eager's step on the same data;
    interleaved rounds, medians (``scripts/_timing.py``); GFLOP/s from the exact matmul and
    convolution FLOPs of a step (``_timing.step_flops``) and their share of the matmul peak.
-2. **Profile** (``scripts/_profile.py``): XLA's trace of the fastest formulation's step, summed
+2. **Profile** (``scripts/_profile.py``): XLA's trace of the fastest formulation's step (with
+   XLA's options, whose matmul events cover their work), summed
    by what each operation does (matmuls, convolutions, im2col data movement, elementwise work,
    reductions), with the largest operations.
 3. **Pieces.** Each matmul and convolution of the step alone at its shapes (inputs materialised),
@@ -35,17 +37,19 @@ from funcgrad.models import cnn
 
 STEPS = 8
 OPTIONS = {"fit's": train.default_compiler_options(), "XLA's": {}}
-FORMULATIONS = [  # (conv_impl, pool_impl)
-    ("im2col", "reshape"),
-    ("im2col_vjp", "reshape"),
-    ("im2col_vjp", "argmax_vjp"),
-]
+FORMULATIONS = {  # name -> cnn.apply keyword arguments
+    "default (im2col, reshape pool: derived)": {},
+    "conv_impl=im2col_vjp": {"conv_impl": "im2col_vjp"},
+    "im2col_vjp + argmax_vjp pool + pool_first": {
+        "conv_impl": "im2col_vjp", "pool_impl": "argmax_vjp", "pool_first": True},
+    "cnn.FAST (winograd + argmax_vjp + pool_first)": cnn.FAST,
+}  # fmt: skip
 
 
-def step_program(engine: str, conv_impl: str, pool_impl: str, options: dict, batch: int) -> Any:
+def step_program(engine: str, formulation: dict, options: dict, batch: int) -> Any:
     """A jitted ``STEPS``-step scan of Adam steps on the CNN."""
     optimizer = optax.adam(1e-3)
-    apply = functools.partial(cnn.apply, conv_impl=conv_impl, pool_impl=pool_impl)
+    apply = functools.partial(cnn.apply, **formulation)
 
     def loss(p: Any, xb: jax.Array, yb: jax.Array) -> jax.Array:
         return optax.losses.softmax_cross_entropy_with_integer_labels(apply(p, xb), yb).mean()
@@ -100,13 +104,16 @@ def study_formulations(report: T.Report, batch: int, rounds: int, quick: bool, p
     flops = T.step_flops(cnn.apply, params, x[:1]) * batch
     calls: dict[str, Callable[[], Any]] = {}
     option_sets = {k: v for k, v in OPTIONS.items() if v or k == "XLA's"}
-    for (conv_impl, pool_impl), engine, (opt_name, options) in (
-        (f, e, o) for f in FORMULATIONS for e in train.GRAD_ENGINES for o in option_sets.items()
+    for (form, kwargs), engine, (opt_name, options) in (
+        (f, e, o)
+        for f in FORMULATIONS.items()
+        for e in train.GRAD_ENGINES
+        for o in option_sets.items()
     ):
-        if quick and (engine == "jax" and conv_impl == "im2col"):
+        if quick and (engine == "jax" or opt_name != "fit's") and kwargs is not cnn.FAST:
             continue
-        name = f"{conv_impl} + {pool_impl}, {engine} engine, {opt_name} options"
-        program = step_program(engine, conv_impl, pool_impl, options, batch)
+        name = f"{form}, {engine} engine, {opt_name} options"
+        program = step_program(engine, kwargs, options, batch)
         calls[name] = functools.partial(program, params, state, x, y)
     device = T.torch_device()
     wait = T.block
@@ -142,8 +149,8 @@ def study_formulations(report: T.Report, batch: int, rounds: int, quick: bool, p
     return timings, (params, state, x, y)
 
 
-def study_profile(report: T.Report, args: tuple, batch: int, conv_impl: str, pool_impl: str):
-    program = step_program("funcgrad", conv_impl, pool_impl, {}, batch)
+def study_profile(report: T.Report, args: tuple, batch: int, form: str) -> None:
+    program = step_program("funcgrad", FORMULATIONS[form], {}, batch)
     ops, wall = P.op_profile(program, args)
     covered = sum(op.seconds for op in ops)
     rows = [
@@ -153,7 +160,7 @@ def study_profile(report: T.Report, args: tuple, batch: int, conv_impl: str, poo
     report.table(
         ["category", "ms/step", "share of traced time"],
         rows,
-        title=f"Profile: {conv_impl} + {pool_impl}, funcgrad engine, XLA's options",
+        title=f"Profile: {form}, funcgrad engine, XLA's options",
     )
     report.add(
         "",
@@ -241,12 +248,8 @@ def main() -> None:
     report = T.Report("CNN training step (scripts/bench_conv.py)", args)
     peak = T.matmul_peak(rounds=5 if args.quick else 9)
     timings, step_args = study_formulations(report, args.batch, rounds, args.quick, peak)
-    fastest = min(
-        (n for n in timings if n.endswith("XLA's options") and "funcgrad" in n),
-        key=lambda n: timings[n].median,
-    )
-    conv_impl, pool_impl = fastest.split(",")[0].split(" + ")
-    study_profile(report, step_args, args.batch, conv_impl, pool_impl)
+    fastest = min((n for n in timings if "funcgrad" in n), key=lambda n: timings[n].median)
+    study_profile(report, step_args, args.batch, fastest.split(",")[0])
     study_pieces(report, args.batch, rounds, peak)
     report.finish(f"bench_conv-{T.device_tag()}" + ("-quick" if args.quick else ""))
 

@@ -6,7 +6,8 @@ medians; each table carries its load average), plots saved as ``scripts/results/
 1. **Training step vs batch size and width** (``scaling-train``): the MLP 784-H-10 with Adam, one
    step's time and its GFLOP/s (exact matmul FLOPs of a step) against the batch size (16 … 1024
    at H = 64) and the hidden width H (64 … 2048 at batch 128), for ``fit`` with each engine (the
-   step time is fit's epoch time over its steps: shuffle, gather and scan included), NumPy
+   step time is fit's epoch time over its steps, an epoch of 60,000 random examples: shuffle,
+   gather and scan included), NumPy
    (hand-written backprop and Adam) and PyTorch eager; the matmul peak of the device as a line.
 2. **Gradient vs program size** (``scaling-program``): ``fg.grad`` against ``jax.grad`` on a
    chain of L dense+tanh layers (width 32, batch 16; 3 equations per layer, L = 10 … 1,000):
@@ -162,16 +163,17 @@ def train_point(width: int, batch: int, steps: int, rounds: int, device: str | N
 
 def study_train(report: T.Report, quick: bool, peak: T.Peak) -> dict:
     device = T.torch_device()
-    steps, rounds = (10, 3) if quick else (40, 5)
+    examples, rounds = (6_000, 3) if quick else (60_000, 5)  # an epoch: fit's per-epoch costs
+    # (the shuffle, the call) are spread over as many steps as in training.
     batches = [16, 64, 256, 1024] if quick else [16, 32, 64, 128, 256, 512, 1024]
     widths = [64, 256, 1024, 2048] if quick else [64, 128, 256, 512, 1024, 2048]
     results: dict[str, dict] = {"batch": {}, "width": {}, "peak": peak.gflops}
     for batch in batches:
         T.log(f"train: batch {batch}")
-        results["batch"][batch] = train_point(64, batch, steps, rounds, device)
+        results["batch"][batch] = train_point(64, batch, examples // batch, rounds, device)
     for width in widths:
         T.log(f"train: width {width}")
-        results["width"][width] = train_point(width, 128, steps, rounds, device)
+        results["width"][width] = train_point(width, 128, examples // 128, rounds, device)
     for sweep, fixed in (("batch", "width 64"), ("width", "batch 128")):
         points = results[sweep]
         names = list(next(iter(points.values())))

@@ -1,5 +1,6 @@
 """The formulations of conv2d and max_pool compute the same function and gradients, with both
-engines: im2col (derived VJP), im2col_vjp (hand-written custom_vjp) and XLA's own ops; max_pool's
+engines: im2col (derived VJP), im2col_vjp (hand-written custom_vjp), winograd (derived) and XLA's
+own ops; max_pool's
 reshape (derived), argmax_vjp (hand-written) and reduce_window; the CNN's pool_first order."""
 
 import functools
@@ -40,7 +41,7 @@ def test_im2col_conv_equals_xla_conv_and_so_do_their_gradients(hw, kernel, strid
         return jnp.sum(jnp.tanh(y) * jnp.arange(y.size).reshape(y.shape) / y.size)
 
     reference = jax.grad(loss, argnums=(0, 1))(params, x, "xla")
-    for impl in ("im2col", "im2col_vjp"):
+    for impl in ("im2col", "im2col_vjp", "winograd"):  # 3 channels: winograd is im2col_vjp
         np.testing.assert_allclose(out(impl), out("xla"), rtol=1e-5, atol=1e-5)
         for grad in (jax.grad, fg.grad):
             got = grad(loss, argnums=(0, 1))(params, x, impl)
@@ -145,6 +146,59 @@ def test_overlapping_or_padded_pools_fall_back_to_reduce_window():
         )
 
 
+WINOGRAD_GEOMETRIES = [  # (image hw, padding, batch): even, odd and tiny images
+    ((14, 14), "SAME", 2),
+    ((7, 9), "SAME", 1),
+    ((8, 6), "VALID", 2),
+    ((9, 7), "VALID", 1),
+    ((3, 3), "SAME", 2),
+]
+
+
+@pytest.mark.parametrize(("hw", "padding", "batch"), WINOGRAD_GEOMETRIES)
+def test_winograd_conv_equals_xla_conv_and_so_do_its_derived_gradients(hw, padding, batch):
+    k1, k2, k3 = jax.random.split(jax.random.key(9), 3)
+    params = layers.conv2d_init(k1, 3, 8, 5)  # 8 input channels: the Winograd path
+    params["b"] = jax.random.normal(k3, (5,))
+    x = jax.random.normal(k2, (batch, *hw, 8))
+
+    def out(impl):
+        return layers.conv2d(params, x, padding=padding, impl=impl)
+
+    np.testing.assert_allclose(out("winograd"), out("xla"), rtol=1e-5, atol=1e-5)
+    ct = jax.random.normal(k3, out("xla").shape)
+
+    def loss(p, x, impl):
+        return jnp.sum(jnp.tanh(layers.conv2d(p, x, padding=padding, impl=impl)) * ct)
+
+    reference = jax.grad(loss, argnums=(0, 1))(params, x, "im2col")
+    for grad in (jax.grad, fg.grad):
+        eager = grad(loss, argnums=(0, 1))
+        jitted = jax.jit(eager, static_argnums=2)
+        for got in (eager(params, x, "winograd"), jitted(params, x, "winograd")):
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
+                assert a.shape == b.shape and a.dtype == b.dtype
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_winograd_falls_back_where_it_does_not_apply():
+    # Few input channels, other kernels and strides compute as im2col_vjp / im2col: the same
+    # program as asking for those.
+    x8 = jax.random.normal(jax.random.key(0), (1, 6, 6, 8))
+    cases = [
+        (layers.conv2d_init(jax.random.key(1), 3, 4, 2), x8[..., :4], {}),  # 4 channels
+        (layers.conv2d_init(jax.random.key(2), 5, 8, 2), x8, {}),  # 5x5 kernel
+        (layers.conv2d_init(jax.random.key(3), 3, 8, 2), x8, {"stride": 2}),  # stride 2
+    ]
+    for params, x, kwargs in cases:
+        fallback = "im2col_vjp" if not kwargs else "im2col"
+
+        def program(impl, params=params, x=x, kwargs=kwargs):
+            return str(jax.make_jaxpr(lambda p: layers.conv2d(p, x, impl=impl, **kwargs))(params))
+
+        assert program("winograd") == program(fallback)
+
+
 @pytest.mark.parametrize("window", [2, 3, (2, 3)])
 def test_argmax_vjp_pool_equals_the_derived_gradient(window):
     # Random inputs: one maximum per window, where every convention agrees. The reference is
@@ -193,7 +247,7 @@ def test_im2col_vjp_evaluates_with_xla_convolution_and_trains_with_patches():
 
 @pytest.mark.parametrize("activation", ["relu", "leaky_relu", "identity"])
 def test_pool_first_is_the_same_function_and_gradient(activation):
-    params = cnn.init(jax.random.key(7), (12, 12, 1), conv_channels=(4, 8), dense_sizes=(16, 10))
+    params = cnn.init(jax.random.key(7), (12, 12, 1), conv_channels=(8, 8), dense_sizes=(16, 10))
     x = jax.random.normal(jax.random.key(8), (6, 12, 12, 1))
     y = jnp.arange(6) % 10
     plain = cnn.apply(params, x, activation=activation)
@@ -205,7 +259,7 @@ def test_pool_first_is_the_same_function_and_gradient(activation):
 
     expected = fg.grad(loss)(params)  # derived, conv -> act -> pool
     fast = {"pool_first": True, "conv_impl": "im2col_vjp", "pool_impl": "argmax_vjp"}
-    for kwargs in ({"pool_first": True}, fast):
+    for kwargs in ({"pool_first": True}, fast, cnn.FAST):
         for grad in (jax.grad, fg.grad):
             got = grad(functools.partial(loss, **kwargs))(params)
             for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
@@ -227,7 +281,8 @@ def test_unknown_impl_is_refused():
 
 
 def test_the_cnn_trains_the_same_with_either_formulation():
-    params = cnn.init(jax.random.key(0), (12, 12, 1), conv_channels=(4, 8), dense_sizes=(16, 10))
+    # 8 channels into the second convolution: its Winograd path (the first has 1: im2col_vjp).
+    params = cnn.init(jax.random.key(0), (12, 12, 1), conv_channels=(8, 8), dense_sizes=(16, 10))
     x = jax.random.normal(jax.random.key(1), (6, 12, 12, 1))
     y = jnp.arange(6) % 10
 
@@ -241,6 +296,7 @@ def test_the_cnn_trains_the_same_with_either_formulation():
         ("im2col", "reshape"),
         ("im2col_vjp", "reshape"),
         ("im2col_vjp", "argmax_vjp"),
+        ("winograd", "argmax_vjp"),
     ]:
         for value_and_grad in (jax.value_and_grad, fg.value_and_grad):
             got_loss, got_grads = value_and_grad(loss)(params, conv_impl, pool_impl)

@@ -39,7 +39,7 @@ POOL_WINDOW = 2
 
 _POOLS = {"max": layers.max_pool, "avg": layers.avg_pool, None: None}
 
-FAST = {"conv_impl": "im2col_vjp", "pool_impl": "argmax_vjp", "pool_first": True}
+FAST = {"conv_impl": "winograd", "pool_impl": "argmax_vjp", "pool_first": True}
 """The fastest formulation for training on CPU: ``cnn.apply(params, x, **cnn.FAST)``, e.g.
 ``train.classifier_loss(cnn.apply, **cnn.FAST)``. Hand-written backward passes for the
 convolutions and the pooling (checked against the derived ones in the tests), bias and

@@ -173,7 +173,7 @@ def conv2d_init(
     }
 
 
-CONV_IMPLS = ("im2col", "im2col_vjp", "xla")
+CONV_IMPLS = ("im2col", "im2col_vjp", "winograd", "xla")
 POOL_IMPLS = ("reshape", "argmax_vjp", "xla")
 
 
@@ -214,6 +214,12 @@ def conv2d(
       only (other strides use ``"im2col"``). Being a ``custom_vjp`` it has no forward-mode
       derivative (``jax.jvp``, ``jax.jacfwd`` and ``jax.hessian`` raise); reverse mode, ``grad``
       of ``grad``, ``jit`` and ``vmap`` work, and ``fg.grad`` calls the same backward function.
+    - ``"winograd"``: 3×3 kernels at stride 1 with at least 8 input channels use Winograd's
+      minimal filtering F(2×2, 3×3) (:func:`_winograd_conv`): 2.25 times fewer multiplications
+      than the direct convolution, in 16 batched matmuls between linear transforms of the
+      input tiles, the kernel and the output; its gradient is derived primitive by primitive.
+      Other layers (a grayscale input's first convolution, other kernels or strides) compute
+      as ``"im2col_vjp"``.
     - ``"xla"``: one ``lax.conv_general_dilated``. XLA's CPU backend runs the convolutions of
       its gradient (above all the weight gradient) slowly; on GPU/TPU it is the natural choice.
 
@@ -232,7 +238,9 @@ def conv2d(
         )
     else:
         _check_conv_input(x, params["W"])
-        if impl == "im2col_vjp" and strides == (1, 1):
+        if impl == "winograd" and _winograd_applies(params["W"], strides):
+            y = _winograd_conv(x, params["W"], padding)
+        elif impl in ("im2col_vjp", "winograd") and strides == (1, 1):
             y = _im2col_conv(x, params["W"], padding)
         else:
             y = _conv2d_im2col(x, params["W"], strides, padding)
@@ -339,6 +347,55 @@ def _kernel_grad_in_halves(
 
 
 _im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
+
+
+# Winograd's F(2x2, 3x3) (Lavin & Gray 2016): a 2x2 output tile y of a 4x4 input tile d and a 3x3
+# kernel g is y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A, a cross-correlation as conv2d computes.
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
+_WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)  # (16, 9): U = G g Gᵀ for every (c_in, c_out)
+_WINOGRAD_AA = np.kron(*[np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)] * 2)  # (4, 16)
+# Below this many input channels the 16 batched matmuls are too thin to pay for the transforms.
+_WINOGRAD_MIN_CHANNELS = 8
+
+
+def _winograd_applies(w: jax.Array, strides: tuple[int, int]) -> bool:
+    return w.shape[:2] == (3, 3) and strides == (1, 1) and w.shape[2] >= _WINOGRAD_MIN_CHANNELS
+
+
+def _winograd_input(r0: jax.Array, r1: jax.Array, r2: jax.Array, r3: jax.Array) -> list:
+    """Bᵀ d along one axis, Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]."""
+    return [r0 - r2, r1 + r2, r2 - r1, r1 - r3]
+
+
+def _winograd_conv(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
+    """Stride-1 3x3 cross-correlation of NHWC images, F(2x2, 3x3) Winograd.
+
+    The padded image is cut into 4x4 tiles overlapping by 2 (one per 2x2 output tile; the
+    image is padded with zeros at the bottom and right to whole tiles and the output cropped),
+    transformed to V = Bᵀ d B (16 arrays of (tiles, c_in)); the kernel to U = G g Gᵀ (16
+    matrices (c_in, c_out)); M = V U is one batched matmul over the 16 positions, and
+    Y = Aᵀ M A (Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]; a matmul by Aᵀ ⊗ Aᵀ over the positions)
+    gives each tile's 2x2 outputs. Every step is linear in x and in W, so the
+    gradient is derived by the rules of its primitives (slices, adds, pads, the matmuls)."""
+    n, height, width, c_in = x.shape
+    c_out = w.shape[-1]
+    (top, bottom), (left, right) = lax.padtype_to_pads((height, width), (3, 3), (1, 1), padding)
+    out_h, out_w = height + top + bottom - 2, width + left + right - 2
+    th, tw = -(-out_h // 2), -(-out_w // 2)
+    x = jnp.pad(x, ((0, 0), (top, 2 * th + 2 - height - top), (left, 2 * tw + 2 - width - left),
+                    (0, 0)))  # fmt: skip
+    rows = x.reshape(n, th + 1, 2, 2 * tw + 2, c_in)  # padded row 2s + q at [:, s, q]
+    v = []
+    for e in _winograd_input(rows[:, :th, 0], rows[:, :th, 1], rows[:, 1:, 0], rows[:, 1:, 1]):
+        cols = e.reshape(n, th, tw + 1, 2, c_in)
+        v += _winograd_input(cols[:, :, :tw, 0], cols[:, :, :tw, 1], cols[:, :, 1:, 0],
+                             cols[:, :, 1:, 1])  # fmt: skip
+    v = jnp.stack(v).reshape(16, n * th * tw, c_in)
+    u = (jnp.asarray(_WINOGRAD_GG, w.dtype) @ w.reshape(9, c_in * c_out)).reshape(16, c_in, c_out)
+    m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # (16, tiles, c_out)
+    y = jnp.asarray(_WINOGRAD_AA, m.dtype) @ m.reshape(16, -1)  # Aᵀ ⊗ Aᵀ: (4, tiles · c_out)
+    y = y.reshape(2, 2, n, th, tw, c_out).transpose(2, 3, 0, 4, 1, 5)
+    return y.reshape(n, 2 * th, 2 * tw, c_out)[:, :out_h, :out_w]
 
 
 def _window(x: jax.Array, size: tuple[int, int]) -> tuple[int, ...]:
