@@ -7,14 +7,17 @@ for every implementation of a model:
   optax Adam step with ``jax.value_and_grad`` (what a JAX user writes by hand);
 - fit (jax) / fit (funcgrad): ``funcgrad.train.fit(..., grad_engine=...)``, called once for all
   the epochs (as users call it: the data is placed on the device once), in a thread that pauses
-  at each epoch-end callback while the other implementations take their turn;
+  at each epoch-end callback while the other implementations take their turn; for the
+  transformer on a multi-core CPU also with ``mesh=`` over one CPU device per core
+  (``scripts/_cpu_devices.py``: data parallel, which keeps both cores busy with its many small
+  operations);
 - PyTorch eager: the usual loop (``loss.backward()``, ``torch.optim.Adam``) on CUDA when PyTorch
   sees a GPU, else on the CPU with as many threads as cores; its modules get funcgrad's initial
   weights, so every implementation starts from the same point;
 - NumPy (MLP only): hand-written backprop and Adam.
 
 Models: the MLP 784-64-10 (batch 128 and 32); the CNN conv3x3x32-pool-conv3x3x64-pool-dense128-10
-(batch 128) with its fastest formulation (``CNN_FAST``) and its default one; the transformer
+(batch 128) with its fastest formulation (``cnn.FAST``) and its default one; the transformer
 patch classifier (Fashion-MNIST as 16 patches of 7x7 pixels, d_model 64, 2 pre-LN blocks of 4
 heads, d_ff 256, mean-pooled, batch 128).
 
@@ -44,18 +47,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import _cpu_devices  # noqa: F401  (before JAX: one CPU device per core, for the mesh rows)
 import _timing as T
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 import funcgrad as fg
 from funcgrad import train
 from funcgrad.models import cnn, layers, mlp, transformer
 
 LR = 1e-3
-CNN_FAST: dict[str, Any] = {"conv_impl": "im2col_vjp"}
 PATCH = 7  # transformer: 7x7 patches, 16 per image
 TRANSFORMER = {"d_model": 64, "num_layers": 2, "d_ff": 256}
 HEADS = 4
@@ -81,7 +85,7 @@ MODELS = {
     ),
     "cnn": Model(
         "cnn", "CNN conv32-pool-conv64-pool-dense128-10", 0.88, 3,
-        lambda: cnn.init(jax.random.key(0)), cnn.apply, CNN_FAST,
+        lambda: cnn.init(jax.random.key(0)), cnn.apply, cnn.FAST,
     ),
     "transformer": Model(
         "transformer", "transformer patch classifier (16 patches 7×7, d 64, 2 blocks)", 0.85, 5,
@@ -251,9 +255,13 @@ class Fit(Trainer):
         batch: int,
         engine: str,
         compiler_options: dict[str, Any] | None = None,
+        mesh: Mesh | None = None,
         **apply_kwargs: Any,
     ) -> None:
         self.name = f"fit, {engine} engine"
+        if mesh is not None:
+            self.name += f", mesh of {mesh.size} CPU devices (data parallel, one per core)"
+        self.mesh = mesh
         if apply_kwargs:
             self.name += ", " + ", ".join(f"{k}={v!r}" for k, v in apply_kwargs.items())
         if compiler_options is not None:
@@ -301,6 +309,7 @@ class Fit(Trainer):
                 callbacks=[hand_back],
                 compiler_options=self.compiler_options,
                 progress=False,
+                mesh=self.mesh,
             )
         except BaseException as error:  # reported by epoch() in the main thread
             self.results.put(error)
@@ -582,6 +591,10 @@ def trainers_for(
         trainers += [Fit(model, data, batch, e, {}) for e in train.GRAD_ENGINES]
     if model.name == "cnn":
         trainers.append(Fit(model, data, batch, "funcgrad", conv_impl="im2col"))
+    cpus = jax.devices("cpu") if T.jax_platform() == "cpu" else []
+    if model.name == "transformer" and len(cpus) > 1 and batch % len(cpus) == 0:
+        mesh = Mesh(np.array(cpus), ("data",))
+        trainers += [Fit(model, data, batch, e, mesh=mesh) for e in train.GRAD_ENGINES]
     if model.name == "mlp" and T.jax_platform() == "cpu":
         trainers.append(NumpyMLP(data, batch))
     if torch_device is not None:
