@@ -81,7 +81,7 @@ def torch_step(x: np.ndarray, y: np.ndarray, batch: int, device: str) -> Callabl
         nn.Flatten(), nn.Linear(7 * 7 * 64, 128), nn.ReLU(), nn.Linear(128, 10),
     ).to(device)  # fmt: skip
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    tx = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(device)
+    tx = torch.from_numpy(np.array(x.transpose(0, 3, 1, 2))).to(device)
     ty = torch.from_numpy(y.astype(np.int64)).to(device)
     loss_fn = nn.CrossEntropyLoss()
 
@@ -219,6 +219,12 @@ def study_pieces(report: T.Report, batch: int, rounds: int, peak: T.Peak) -> Non
             (dy2, w2), 2 * m2 * 288 * 64),
         "conv2 kernel gradient: patchesᵀ @ dY": (
             lambda p, d: p.reshape(-1, 288).T @ d.reshape(-1, 64), (p2, dy2), 2 * m2 * 288 * 64),
+        "conv2 Winograd product: 16 × (tiles, 32) @ (32, 64)": (
+            lambda v, u: lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,)))),
+            (normal(16, m2 // 4, 32), normal(16, 32, 64)), 2 * 16 * (m2 // 4) * 32 * 64),
+        "conv2 Winograd kernel gradient: 16 × Vᵀ @ dM": (
+            lambda v, d: lax.dot_general(v, d, (((1,), (1,)), ((0,), (0,)))),
+            (normal(16, m2 // 4, 32), normal(16, m2 // 4, 64)), 2 * 16 * (m2 // 4) * 32 * 64),
         "dense 3136→128: forward": (lambda h, w: h @ w, (h, wd), 2 * batch * 3136 * 128),
         "dense 3136→128: kernel gradient": (
             lambda h, d: h.T @ d, (h, dh), 2 * batch * 3136 * 128),

@@ -8,8 +8,9 @@ epoch from public pieces (``fg.value_and_grad`` or ``jax.value_and_grad``, optax
 variants in interleaved rounds (``scripts/_timing.py``): compile time, median and minimum epoch.
 
 Models (random data of Fashion-MNIST's shapes): ``mlp``, 784-64-10 on 60,000 examples; ``cnn``,
-funcgrad's CNN (``conv_impl="im2col_vjp"``) on 40 batches. Option sets: ``fit`` (fit's
-defaults; on CPU, matmuls on Eigen) and ``xla`` (XLA's own; matmuls on YNNPACK).
+funcgrad's CNN (``cnn.FAST``) on 40 batches; ``transformer``, the patch classifier of
+``bench_train.py`` on 60,000 examples. Option sets: ``fit`` (fit's defaults; on CPU, matmuls on
+Eigen) and ``xla`` (XLA's own; matmuls on YNNPACK).
 
     python scripts/bench_epoch.py [--quick] [--model mlp] [--batch 128] [--rounds 11]
         [--unrolls 1 2 4 8] [--options fit xla] [--engines jax funcgrad]
@@ -29,7 +30,7 @@ import optax
 
 import funcgrad as fg
 from funcgrad import train
-from funcgrad.models import cnn, mlp
+from funcgrad.models import cnn, mlp, transformer
 
 OPTION_SETS = {"fit": train.default_compiler_options(), "xla": {}}
 
@@ -41,10 +42,16 @@ def model(name: str, batch: int, steps: int | None) -> tuple[Any, Any, Any, Any]
         n, shape = (steps * batch if steps else 60000), (784,)
         loss_fn = train.classifier_loss(mlp.apply)
         params = mlp.init(jax.random.key(0), [784, 64, 10])
-    else:
+    elif name == "cnn":
         n, shape = (steps or 40) * batch, (28, 28, 1)
-        loss_fn = train.classifier_loss(cnn.apply, conv_impl="im2col_vjp")
+        loss_fn = train.classifier_loss(cnn.apply, **cnn.FAST)
         params = cnn.init(jax.random.key(0))
+    else:
+        n, shape = (steps * batch if steps else 60000), (16, 49)
+        loss_fn = train.classifier_loss(transformer.apply, num_heads=4)
+        params = transformer.init(
+            jax.random.key(0), patch_dim=49, num_classes=10, max_len=16, d_model=64, d_ff=256
+        )
     x = jax.device_put(rng.standard_normal((n, *shape), dtype=np.float32))
     y = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
     return loss_fn, params, x, y
@@ -71,7 +78,7 @@ def epoch_program(loss_fn: Any, engine: str, unroll: int, options: dict[str, Any
 
 def main() -> None:
     parser = T.parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    parser.add_argument("--model", choices=("mlp", "cnn", "transformer"), default="mlp")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=None, help="default 11 (--quick: 5)")
     parser.add_argument("--unrolls", type=int, nargs="+", default=[1, 4])
@@ -85,7 +92,8 @@ def main() -> None:
 
     loss_fn, params, x, y = model(args.model, args.batch, steps)
     num_steps = len(x) // args.batch
-    order = jax.device_put(np.random.default_rng(1).permutation(len(x)).reshape(num_steps, -1))
+    shuffled = np.random.default_rng(1).permutation(len(x))[: num_steps * args.batch]
+    order = jax.device_put(shuffled.reshape(num_steps, args.batch))
     calls, compile_s = {}, {}
     for engine in args.engines:
         for unroll in args.unrolls:
