@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench bench-full venv clean
 
 venv: $(STAMP)
 
@@ -26,9 +26,15 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
+# Every benchmark in scripts/, quick sizes (under 10 minutes on a 2-core CPU); reports in
+# scripts/results/all-<platform>-quick/. PyTorch rows need the bench extra: on a CPU-only
+# machine `$(PY) -m pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu`.
 bench: $(STAMP)
-	$(PY) scripts/bench_grad.py
-	$(PY) scripts/bench_train.py
+	PYTHON=$(PY) scripts/bench_all.sh --quick
+
+# The same at full size (about an hour on a 2-core CPU): the tables of the README.
+bench-full: $(STAMP)
+	PYTHON=$(PY) scripts/bench_all.sh
 
 clean:
 	rm -rf $(VENV) funcgrad-tour .pytest_cache .ruff_cache

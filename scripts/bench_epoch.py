@@ -1,119 +1,121 @@
-"""Benchmark: fit's compiled epoch across scan unroll values and XLA compiler options.
+"""Benchmark: a compiled training epoch across scan unroll values and XLA compiler options.
 
-``fit`` runs an epoch as ``lax.scan(step, ..., unroll=SCAN_UNROLL)`` and compiles it with
-``train.default_compiler_options()`` unless told otherwise. This compiles the epoch of one
-model once per (engine, unroll, option set), then runs the variants in turn, back to back, for
-``--rounds`` rounds (so that this shared machine's slow spells fall on all of them alike); it
-prints compile time and the median and minimum epoch time (compilation excluded).
+``fit`` runs an epoch as one jitted ``lax.scan`` whose steps gather their batch from the
+device-resident training set and apply an optax step; it unrolls the scan 4 steps per loop
+iteration and compiles with ``train.default_compiler_options()``. This builds the same kind of
+epoch from public pieces (``fg.value_and_grad`` or ``jax.value_and_grad``, optax Adam,
+``jax.jit(..., compiler_options=)``), once per (engine, unroll, option set), and times the
+variants in interleaved rounds (``scripts/_timing.py``): compile time, median and minimum epoch.
 
-Models (Adam, random data of Fashion-MNIST's shapes): ``mlp``, the MLP 784-64-10 on 60,000
-examples; ``cnn``, funcgrad's CNN with ``conv_impl="im2col_vjp"`` on 40 batches (its epoch would
-take minutes). Option sets: ``fit`` (fit's defaults; on CPU, matmuls on Eigen) and ``xla``
-(``compiler_options={}``: XLA's own, matmuls on YNNPACK).
+Models (random data of Fashion-MNIST's shapes): ``mlp``, 784-64-10 on 60,000 examples; ``cnn``,
+funcgrad's CNN (``cnn.FAST``) on 40 batches; ``transformer``, the patch classifier of
+``bench_train.py`` on 60,000 examples. Option sets: ``fit`` (fit's defaults; on CPU, matmuls on
+Eigen) and ``xla`` (XLA's own; matmuls on YNNPACK).
 
-    .venv/bin/python scripts/bench_epoch.py [--model mlp] [--batch 128] [--rounds 11]
-        [--unrolls 4] [--options fit xla] [--engines jax funcgrad]
-    .venv/bin/python scripts/bench_epoch.py --unrolls 1 2 4 8 --options fit    # the unroll study
+    python scripts/bench_epoch.py [--quick] [--model mlp] [--batch 128] [--rounds 11]
+        [--unrolls 1 2 4 8] [--options fit xla] [--engines jax funcgrad]
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
+import functools
 import time
 from typing import Any
 
+import _timing as T
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
+import funcgrad as fg
 from funcgrad import train
-from funcgrad.models import cnn, mlp
-from funcgrad.train.programs import SCAN_UNROLL, Programs, ProgramSettings
+from funcgrad.models import cnn, mlp, transformer
 
 OPTION_SETS = {"fit": train.default_compiler_options(), "xla": {}}
 
 
-def model(name: str, batch: int) -> tuple[Any, Any, Any, Any]:
+def model(name: str, batch: int, steps: int | None) -> tuple[Any, Any, Any, Any]:
     """(loss_fn, params, x, y) for the model on random data."""
     rng = np.random.default_rng(0)
     if name == "mlp":
-        n, shape = 60000, (784,)
+        n, shape = (steps * batch if steps else 60000), (784,)
         loss_fn = train.classifier_loss(mlp.apply)
         params = mlp.init(jax.random.key(0), [784, 64, 10])
-    else:
-        n, shape = 40 * batch, (28, 28, 1)
-        loss_fn = train.classifier_loss(cnn.apply, conv_impl="im2col_vjp")
+    elif name == "cnn":
+        n, shape = (steps or 40) * batch, (28, 28, 1)
+        loss_fn = train.classifier_loss(cnn.apply, **cnn.FAST)
         params = cnn.init(jax.random.key(0))
+    else:
+        n, shape = (steps * batch if steps else 60000), (16, 49)
+        loss_fn = train.classifier_loss(transformer.apply, num_heads=4)
+        params = transformer.init(
+            jax.random.key(0), patch_dim=49, num_classes=10, max_len=16, d_model=64, d_ff=256
+        )
     x = jax.device_put(rng.standard_normal((n, *shape), dtype=np.float32))
     y = jax.device_put(rng.integers(0, 10, n).astype(np.int32))
     return loss_fn, params, x, y
 
 
-def compiled_epoch(
-    loss_fn: Any,
-    params: Any,
-    engine: str,
-    unroll: int,
-    options: dict[str, Any],
-    batch: int,
-    x: Any,
-    y: Any,
-) -> tuple:
-    """(compiled epoch, its arguments, seconds to compile) with ``unroll`` steps per iteration."""
-    settings = ProgramSettings(
-        grad_engine=engine,
-        has_aux=True,
-        eval_fn=None,
-        batch_size=batch,
-        compiler_options=tuple(sorted(options.items())),
-        scan_unroll=unroll,
-    )
-    programs = Programs(loss_fn, optax.adam(1e-3), settings)
-    order = programs.order(jax.random.key(1), len(x))
-    opt_state = optax.adam(1e-3).init(params)
-    args = programs.epoch_args(params, opt_state, jax.random.key(2), order, (x, y))
-    start = time.perf_counter()
-    compiled = programs.compiled_epoch(args)
-    seconds = time.perf_counter() - start
-    jax.block_until_ready(compiled(*args))
-    return compiled, args, seconds
+def epoch_program(loss_fn: Any, engine: str, unroll: int, options: dict[str, Any]) -> Any:
+    """A jitted epoch as fit runs one: scan over index rows, gather, Adam step."""
+    optimizer = optax.adam(1e-3)
+    grad_of = fg.value_and_grad if engine == "funcgrad" else jax.value_and_grad
+    value_and_grad = grad_of(loss_fn, has_aux=True)
+
+    def epoch(params, opt_state, order, x, y):
+        def step(carry, index):
+            params, opt_state = carry
+            xb, yb = jnp.take(x, index, axis=0), jnp.take(y, index, axis=0)
+            (loss, _), grads = value_and_grad(params, xb, yb)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        return jax.lax.scan(step, (params, opt_state), order, unroll=unroll)
+
+    return jax.jit(epoch, compiler_options=options or None), optimizer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    parser = T.parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=("mlp", "cnn", "transformer"), default="mlp")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=11)
-    parser.add_argument("--unrolls", type=int, nargs="+", default=[SCAN_UNROLL])
+    parser.add_argument("--rounds", type=int, default=None, help="default 11 (--quick: 5)")
+    parser.add_argument("--unrolls", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--options", nargs="+", choices=tuple(OPTION_SETS), default=["fit", "xla"])
-    parser.add_argument(
-        "--engines", nargs="+", choices=train.GRAD_ENGINES, default=list(train.GRAD_ENGINES)
-    )
+    parser.add_argument("--engines", nargs="+", choices=train.GRAD_ENGINES,
+                        default=list(train.GRAD_ENGINES))  # fmt: skip
     args = parser.parse_args()
-    loss_fn, params, x, y = model(args.model, args.batch)
-    variants = {
-        (engine, unroll, name): compiled_epoch(
-            loss_fn, params, engine, unroll, OPTION_SETS[name], args.batch, x, y
-        )
-        for engine in args.engines
-        for unroll in args.unrolls
-        for name in args.options
-    }
-    times: dict[tuple, list[float]] = {key: [] for key in variants}
-    for _ in range(args.rounds):
-        for key, (compiled, epoch_args, _) in variants.items():
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(*epoch_args))
-            times[key].append(time.perf_counter() - start)
-    steps = len(x) // args.batch
-    print(f"{args.model}, batch {args.batch}, {steps} steps per epoch, {args.rounds} rounds")
-    print("| engine | unroll | options | compile (s) | epoch median (ms) | epoch min (ms) |")
-    print("|---|---:|---|---:|---:|---:|")
-    for (engine, unroll, name), values in times.items():
-        compile_s = variants[(engine, unroll, name)][2]
-        median, best = statistics.median(values) * 1e3, min(values) * 1e3
-        print(f"| {engine} | {unroll} | {name} | {compile_s:.2f} | {median:.1f} | {best:.1f} |")
+    rounds = args.rounds or (5 if args.quick else 11)
+    steps = (10 if args.model == "cnn" else 100) if args.quick else None
+    report = T.Report(f"Compiled epoch, {args.model} (scripts/bench_epoch.py)", args)
+
+    loss_fn, params, x, y = model(args.model, args.batch, steps)
+    num_steps = len(x) // args.batch
+    shuffled = np.random.default_rng(1).permutation(len(x))[: num_steps * args.batch]
+    order = jax.device_put(shuffled.reshape(num_steps, args.batch))
+    calls, compile_s = {}, {}
+    for engine in args.engines:
+        for unroll in args.unrolls:
+            for name in args.options:
+                key = (engine, unroll, name)
+                program, optimizer = epoch_program(loss_fn, engine, unroll, OPTION_SETS[name])
+                epoch_args = (params, optimizer.init(params), order, x, y)
+                start = time.perf_counter()
+                compiled = program.lower(*epoch_args).compile()
+                compile_s[key] = time.perf_counter() - start
+                calls[key] = functools.partial(compiled, *epoch_args)
+    timings = T.interleaved(calls, rounds=rounds)
+    report.table(
+        ["engine", "unroll", "options", "compile (s)", "epoch median (ms)", "epoch min (ms)"],
+        [
+            [*key, f"{compile_s[key]:.2f}", f"{t.median * 1e3:.1f}", f"{t.best * 1e3:.1f}"]
+            for key, t in timings.items()
+        ],
+        title=f"{args.model}, batch {args.batch}, {num_steps} steps per epoch, {rounds} rounds",
+        align="lrlrrr",
+    )
+    report.finish(f"bench_epoch-{args.model}-{T.device_tag()}")
 
 
 if __name__ == "__main__":

@@ -1,89 +1,104 @@
 """Benchmark: training speed on Fashion-MNIST, funcgrad's fit() against its references, in one run.
 
-Same data (Fashion-MNIST, standardised), same model, batch, optimizer (Adam, lr 1e-3) and
-initialisation scheme for every implementation:
+Same data (Fashion-MNIST, standardised), model, initial weights, batch, optimizer (Adam, lr 1e-3)
+for every implementation of a model:
 
 - plain JAX: a hand-written ``jax.jit`` epoch: on-device permutation, gather, ``lax.scan`` of an
-  optax Adam step with ``jax.value_and_grad`` (the reference: what a JAX user writes by hand);
-- fit (jax): ``funcgrad.train.fit(..., grad_engine="jax")``, called once for all the epochs (as
-  users call it: the data is placed on the device once), in a thread that pauses at each
-  epoch-end callback while the other implementations take their turn;
-- fit (funcgrad): the same with ``grad_engine="funcgrad"``, the hand-written VJP rules;
-- for the MLP, both fit rows again with ``compiler_options={}``: XLA's own defaults (matmuls
-  on YNNPACK) instead of fit's CPU defaults (matmuls on Eigen), to show what those are worth;
-- PyTorch eager (CPU, ``torch.set_num_threads(2)``): the usual loop, ``loss.backward()``,
-  ``torch.optim.Adam``;
-- NumPy: hand-written backprop and Adam (MLP only; for the CNN: N/A, im2col in NumPy would be a
-  project of its own).
+  optax Adam step with ``jax.value_and_grad`` (what a JAX user writes by hand);
+- fit (jax) / fit (funcgrad): ``funcgrad.train.fit(..., grad_engine=...)``, called once for all
+  the epochs (as users call it: the data is placed on the device once), in a thread that pauses
+  at each epoch-end callback while the other implementations take their turn; for the
+  transformer on a multi-core CPU also with ``mesh=`` over one CPU device per core
+  (``scripts/_cpu_devices.py``: data parallel, which keeps both cores busy with its many small
+  operations);
+- PyTorch eager: the usual loop (``loss.backward()``, ``torch.optim.Adam``) on CUDA when PyTorch
+  sees a GPU, else on the CPU with as many threads as cores; its modules get funcgrad's initial
+  weights, so every implementation starts from the same point;
+- NumPy (MLP only): hand-written backprop and Adam.
 
-Models: MLP 784-64-10 (relu) at batch 32 and 128; the CNN conv3x3x32-pool-conv3x3x64-pool-
-dense128-dense10 at batch 128 (funcgrad's ``cnn``): the JAX rows use ``conv_impl="im2col_vjp"``
-(im2col convolutions with a hand-written ``custom_vjp`` backward: the fast formulation for
-training on CPU); one more row trains it with ``conv_impl="im2col"`` (the default: every
-gradient step derived by funcgrad's per-primitive rules); and, for a few steps only, the same
-CNN with XLA's own convolutions (``conv_impl="xla"``) to show why im2col.
+Models: the MLP 784-64-10 (batch 128 and 32); the CNN conv3x3x32-pool-conv3x3x64-pool-dense128-10
+(batch 128) with its fastest formulation (``cnn.FAST``) and its default one; the transformer
+patch classifier (Fashion-MNIST as 16 patches of 7x7 pixels, d_model 64, 2 pre-LN blocks of 4
+heads, d_ff 256, mean-pooled, batch 128).
 
-The implementations take turns epoch by epoch (round robin: epoch 1 of each, then epoch 2 of
-each, ...), so that load from other users of a shared machine falls on all of them alike.
-Reported per row: epoch time (median of the epochs after the first; compilation excluded),
-examples/s, ratios, wall time to a fixed test accuracy (0.85 MLP, 0.88 CNN) from the start of
-training, compilation and the per-epoch test evaluations included, the final test accuracy, and
-the 1-minute load average during the row (the machine is shared: rows measured under load are
-slower than the machine can do). The header gives the machine's matmul peak (median GFLOP/s of a
-jitted 2048x2048 f32 matmul, the better of the two option sets) and the MLP's achieved GFLOP/s,
-counted as the exact matmul FLOPs of one training step per example: 2·(784·64 + 64·10) forward
-+ 2·(784·64 + 2·64·10) backward (no input gradient for the first layer) = 204,544.
+The implementations take turns epoch by epoch (round robin), so load from other users of a
+shared machine falls on all of them alike (``scripts/_timing.py`` states the rules). Per row:
+epoch time (median of the epochs after the first: compilation excluded), examples/s, ratios,
+GFLOP/s and share of the device's matmul peak (the exact matmul/convolution FLOPs of a step,
+``_timing.step_flops``), wall time to a stated test accuracy from the start of training
+(compilation and per-epoch evaluations included), the final test accuracy, the load average.
 
-    .venv/bin/python scripts/bench_train.py [--mlp-epochs 10] [--cnn-epochs 3] [--skip-cnn]
-        [--skip-torch] [--out scripts/results/bench_train.md]
+    python scripts/bench_train.py [--quick] [--models mlp,cnn,transformer] [--epochs N]
+        [--skip-torch] [--out FILE]
 
-PyTorch is not a funcgrad dependency: ``pip install torch==2.13.0`` (the ``bench`` extra).
+``--quick`` trains on the first 12,800 examples for 2-3 epochs (accuracy targets are then not
+reached: the speed columns are what it is for). PyTorch is not a funcgrad dependency:
+``pip install torch==2.13.0`` (the ``bench`` extra).
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import os
-import platform
 import queue
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
+import _cpu_devices  # noqa: F401  (before JAX: one CPU device per core, for the mesh rows)
+import _timing as T
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 import funcgrad as fg
 from funcgrad import train
-from funcgrad.models import cnn, mlp
+from funcgrad.models import cnn, layers, mlp, transformer
 
 LR = 1e-3
-MLP_FLOPS_PER_EXAMPLE = 2 * (784 * 64 + 64 * 10) + 2 * (784 * 64 + 2 * 64 * 10)
-TARGETS = {"mlp": 0.85, "cnn": 0.88}
-XLA_DEFAULTS: dict[str, Any] = {}  # fit(compiler_options={}): XLA's own, not fit's CPU defaults
-OPTION_SETS = {
-    "XLA's default options": XLA_DEFAULTS,
-    "fit's default options": train.default_compiler_options(),
-}
+PATCH = 7  # transformer: 7x7 patches, 16 per image
+TRANSFORMER = {"d_model": 64, "num_layers": 2, "d_ff": 256}
+HEADS = 4
 
 
-def load() -> float:
-    return os.getloadavg()[0]
+@dataclass(frozen=True)
+class Model:
+    """One benchmarked model: its title, accuracy target, default epochs and builders."""
+
+    name: str
+    title: str
+    target: float
+    epochs: int
+    init: Callable[[], Any]
+    apply: Callable[..., jax.Array]
+    apply_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def log(*args: Any) -> None:
-    print(*args, file=sys.stderr, flush=True)
+MODELS = {
+    "mlp": Model(
+        "mlp", "MLP 784-64-10", 0.85, 10,
+        lambda: mlp.init(jax.random.key(0), [784, 64, 10]), mlp.apply,
+    ),
+    "cnn": Model(
+        "cnn", "CNN conv32-pool-conv64-pool-dense128-10", 0.88, 3,
+        lambda: cnn.init(jax.random.key(0)), cnn.apply, cnn.FAST,
+    ),
+    "transformer": Model(
+        "transformer", "transformer patch classifier (16 patches 7×7, d 64, 2 blocks)", 0.85, 5,
+        lambda: transformer.init(
+            jax.random.key(0), patch_dim=PATCH * PATCH, num_classes=10, max_len=16, **TRANSFORMER
+        ),
+        transformer.apply, {"num_heads": HEADS},
+    ),
+}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
-# A result row
+# A result row and the round robin
 
 
 class Run:
@@ -99,17 +114,13 @@ class Run:
         self.note = ""
 
     def epoch_time(self) -> float:
-        times = self.epoch_times[1:] or self.epoch_times
-        return statistics.median(times)
+        return statistics.median(self.epoch_times[1:] or self.epoch_times)
 
     def throughput(self) -> float:
         return self.examples / self.epoch_time()
 
     def time_to(self, target: float) -> float | None:
-        for acc, t in zip(self.accuracies, self.elapsed):
-            if acc >= target:
-                return t
-        return None
+        return next((t for a, t in zip(self.accuracies, self.elapsed) if a >= target), None)
 
 
 class Trainer:
@@ -127,56 +138,48 @@ class Trainer:
 
 
 def round_robin(trainers: list[Trainer], epochs: int, examples: int) -> list[Run]:
-    """Epoch e of every trainer, then epoch e + 1 of every trainer, ...: load from the other
-    users of a shared machine falls on all implementations alike."""
+    """Epoch e of every trainer, then epoch e + 1 of every trainer, ..."""
     runs = [Run(t.name, examples) for t in trainers]
     for trainer in trainers:
         trainer.epochs = epochs
     for e in range(epochs):
         for trainer, run in zip(trainers, runs):
-            run.loads.append(load())
+            run.loads.append(T.load_average())
             train_s, total_s, accuracy = trainer.epoch(e)
             run.epoch_times.append(train_s)
             run.elapsed.append((run.elapsed[-1] if run.elapsed else 0.0) + total_s)
             run.accuracies.append(accuracy)
-            log(f"  epoch {e}: {trainer.name}: {train_s:.3f}s, acc {accuracy:.4f}")
+            T.log(f"  epoch {e}: {trainer.name}: {train_s:.3f}s, acc {accuracy:.4f}")
     for trainer in trainers:
         trainer.finish()
     return runs
 
 
 # ---------------------------------------------------------------------------------------------
-# Data and models
+# Data
 
 
-def fashion() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    out = []
+def fashion(limit: int | None) -> dict[str, tuple]:
+    """Fashion-MNIST, standardised, shaped for each model: (N, 784) for the MLP, (N, 28, 28, 1)
+    NHWC for the CNN, (N, 16, 49) patches for the transformer; the first ``limit`` training
+    examples when given."""
+    splits = []
     for split in ("train", "test"):
         images, labels = fg.data.load_mnist("fashion-mnist", split)
-        out.append((fg.data.normalize(images, mean="fashion-mnist"), labels.astype(np.int32)))
-    return out[0], out[1]
+        images = fg.data.normalize(images, mean="fashion-mnist")
+        if split == "train" and limit:
+            images, labels = images[:limit], labels[:limit]
+        splits.append((images, labels.astype(np.int32)))
+    (x, y), (xt, yt) = splits
 
+    def patches(a: np.ndarray) -> np.ndarray:
+        return np.asarray(layers.image_patches(a[..., None], PATCH))
 
-def shaped(model: str, data: tuple) -> tuple:
-    """(x, y) pairs with x as the model takes it: (N, 784) for the MLP, (N, 28, 28, 1) NHWC."""
-    (x, y), (xt, yt) = data
-    if model == "cnn":
-        return (x[..., None], y), (xt[..., None], yt)
-    return (x.reshape(len(x), 784), y), (xt.reshape(len(xt), 784), yt)
-
-
-def init_params(model: str, seed: int = 0) -> Any:
-    key = jax.random.key(seed)
-    return mlp.init(key, [784, 64, 10]) if model == "mlp" else cnn.init(key)
-
-
-def plain_mlp(params: Any, x: jax.Array) -> jax.Array:
-    (l1, l2) = params["layers"]
-    return jax.nn.relu(x @ l1["W"] + l1["b"]) @ l2["W"] + l2["b"]
-
-
-def model_fn(model: str, **kwargs: Any) -> Callable[..., jax.Array]:
-    return plain_mlp if model == "mlp" else functools.partial(cnn.apply, **kwargs)
+    return {
+        "mlp": ((x.reshape(len(x), 784), y), (xt.reshape(len(xt), 784), yt)),
+        "cnn": ((x[..., None], y), (xt[..., None], yt)),
+        "transformer": ((patches(x), y), (patches(xt), yt)),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,9 +191,9 @@ class PlainJax(Trainer):
 
     name = "plain JAX + optax scan"
 
-    def __init__(self, model: str, data: tuple, batch: int, **model_kwargs: Any) -> None:
-        (x, y), (xt, yt) = shaped(model, data)
-        apply = model_fn(model, **model_kwargs)
+    def __init__(self, model: Model, data: tuple, batch: int, **apply_kwargs: Any) -> None:
+        (x, y), (xt, yt) = data
+        apply = functools.partial(model.apply, **(apply_kwargs or model.apply_kwargs))
         optimizer = optax.adam(LR)
         n = len(x)
         steps = n // batch
@@ -225,7 +228,7 @@ class PlainJax(Trainer):
 
         self.run_epoch, self.accuracy = epoch, accuracy
         self.x, self.y, self.xt, self.yt = map(jnp.asarray, (x, y, xt, yt))
-        self.params = init_params(model)
+        self.params = model.init()
         self.opt_state = optimizer.init(self.params)
         self.key = jax.random.key(1)
 
@@ -247,26 +250,29 @@ class Fit(Trainer):
 
     def __init__(
         self,
-        model: str,
+        model: Model,
         data: tuple,
         batch: int,
         engine: str,
         compiler_options: dict[str, Any] | None = None,
-        **model_kwargs: Any,
+        mesh: Mesh | None = None,
+        **apply_kwargs: Any,
     ) -> None:
-        self.name = f"funcgrad fit, {engine} engine"
-        if model_kwargs:
-            self.name += ", " + ", ".join(f"{k}={v!r}" for k, v in model_kwargs.items())
+        self.name = f"fit, {engine} engine"
+        if mesh is not None:
+            self.name += f", mesh of {mesh.size} CPU devices (data parallel, one per core)"
+        self.mesh = mesh
+        if apply_kwargs:
+            self.name += ", " + ", ".join(f"{k}={v!r}" for k, v in apply_kwargs.items())
         if compiler_options is not None:
             self.name += ", " + (
                 ", ".join(f"{k}={v!r}" for k, v in compiler_options.items())
                 or "compiler_options={} (XLA's defaults)"
             )
         self.compiler_options = compiler_options
-        (self.x, self.y), (self.xt, self.yt) = shaped(model, data)
-        apply = mlp.apply if model == "mlp" else cnn.apply
-        self.loss_fn = train.classifier_loss(apply, **model_kwargs)
-        self.params = init_params(model)
+        (self.x, self.y), (self.xt, self.yt) = data
+        self.loss_fn = train.classifier_loss(model.apply, **(apply_kwargs or model.apply_kwargs))
+        self.params = model.init()
         self.batch = batch
         self.engine = engine
         self.thread: threading.Thread | None = None
@@ -302,6 +308,8 @@ class Fit(Trainer):
                 grad_engine=self.engine,
                 callbacks=[hand_back],
                 compiler_options=self.compiler_options,
+                progress=False,
+                mesh=self.mesh,
             )
         except BaseException as error:  # reported by epoch() in the main thread
             self.results.put(error)
@@ -323,9 +331,10 @@ class Fit(Trainer):
             self.thread.join()
 
 
-def bench_xla_conv_steps(data: tuple, batch: int, steps: int = 4) -> Run:
-    """The CNN with XLA's convolutions and reduce_window pooling: a few steps, examples/s only."""
-    (x, y), _ = shaped("cnn", data)
+def xla_conv_steps(data: tuple, batch: int, steps: int = 4) -> Run:
+    """The CNN with XLA's convolutions and reduce_window pooling under ``jax.grad``: a few
+    steps, examples/s only (its backward convolutions are slow on CPU)."""
+    (x, y), _ = data
     apply = functools.partial(cnn.apply, conv_impl="xla", pool_impl="xla")
     optimizer = optax.adam(LR)
 
@@ -344,15 +353,14 @@ def bench_xla_conv_steps(data: tuple, batch: int, steps: int = 4) -> Run:
 
     xb = jnp.asarray(x[: steps * batch]).reshape(steps, batch, 28, 28, 1)
     yb = jnp.asarray(y[: steps * batch]).reshape(steps, batch)
-    params = init_params("cnn")
+    params = cnn.init(jax.random.key(0))
     opt_state = optimizer.init(params)
-    jax.block_until_ready(run_steps(params, opt_state, xb, yb))  # compile
+    timing = T.interleaved(
+        {"xla": lambda: run_steps(params, opt_state, xb, yb)}, rounds=2, per_call=steps
+    )["xla"]
     run = Run("plain JAX, XLA conv + reduce_window", (len(x) // batch) * batch)
-    for _ in range(2):
-        run.loads.append(load())
-        t0 = time.perf_counter()
-        jax.block_until_ready(run_steps(params, opt_state, xb, yb))
-        run.epoch_times.append((time.perf_counter() - t0) * (len(x) // batch) / steps)
+    run.epoch_times = [t * (len(x) // batch) for t in timing.times]
+    run.loads = [T.load_average()]
     run.note = f"{steps} steps timed, epoch extrapolated"
     return run
 
@@ -367,8 +375,8 @@ class NumpyMLP(Trainer):
     name = "NumPy hand-written backprop"
 
     def __init__(self, data: tuple, batch: int) -> None:
-        (self.x, self.y), (self.xt, self.yt) = shaped("mlp", data)
-        params = jax.tree.map(np.array, init_params("mlp"))
+        (self.x, self.y), (self.xt, self.yt) = data
+        params = jax.tree.map(np.array, MODELS["mlp"].init())
         self.theta = [
             params["layers"][0]["W"],
             params["layers"][0]["b"],
@@ -422,35 +430,124 @@ class NumpyMLP(Trainer):
 # PyTorch eager
 
 
+def torch_net(model: Model, params: Any) -> Any:
+    """The model as a PyTorch module holding funcgrad's initial weights ``params``."""
+    import torch
+    from torch import nn
+
+    def load(layer: Any, weight: Any, bias: Any) -> None:
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
+            layer.bias.copy_(torch.from_numpy(np.array(bias)))
+
+    p = jax.tree.map(np.asarray, params)
+    if model.name == "mlp":
+        net = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+        for layer, w in zip((net[0], net[2]), p["layers"]):
+            load(layer, w["W"].T, w["b"])
+        return net
+    if model.name == "cnn":
+        net = nn.Sequential(
+            nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(7 * 7 * 64, 128), nn.ReLU(), nn.Linear(128, 10),
+        )  # fmt: skip
+        for layer, w in zip((net[0], net[3]), p["convs"]):
+            load(layer, w["W"].transpose(3, 2, 0, 1), w["b"])  # HWIO -> OIHW
+        # funcgrad flattens (h, w, c), PyTorch (c, h, w): permute the first dense layer's rows.
+        dense = p["head"][0]["W"].reshape(7, 7, 64, 128).transpose(2, 0, 1, 3).reshape(-1, 128)
+        load(net[7], dense.T, p["head"][0]["b"])
+        load(net[9], p["head"][1]["W"].T, p["head"][1]["b"])
+        return net
+    return TorchPatchTransformer(p)
+
+
+def _torch_transformer_class() -> type:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class PatchTransformer(nn.Module):
+        """The patch classifier as PyTorch users write it: a patch Linear plus a position
+        table, ``nn.TransformerEncoder`` of pre-LN layers (tanh-approximated gelu, no dropout),
+        a final LayerNorm, the mean over patches and a Linear head."""
+
+        def __init__(self, p: dict) -> None:
+            super().__init__()
+            d = TRANSFORMER["d_model"]
+            self.embed = nn.Linear(PATCH * PATCH, d)
+            self.positions = nn.Parameter(torch.from_numpy(np.array(p["embed"]["positions"])))
+            layer = nn.TransformerEncoderLayer(
+                d, HEADS, TRANSFORMER["d_ff"], dropout=0.0,
+                activation=functools.partial(F.gelu, approximate="tanh"),
+                batch_first=True, norm_first=True,
+            )  # fmt: skip
+            self.encoder = nn.TransformerEncoder(
+                layer, TRANSFORMER["num_layers"], enable_nested_tensor=False
+            )
+            self.norm = nn.LayerNorm(d)
+            self.head = nn.Linear(d, 10)
+            self._load(p)
+
+        def _load(self, p: dict) -> None:
+            def put(param: Any, value: Any) -> None:
+                param.copy_(torch.from_numpy(np.ascontiguousarray(value)))
+
+            with torch.no_grad():
+                put(self.embed.weight, p["embed"]["patches"]["W"].T)
+                put(self.embed.bias, p["embed"]["patches"]["b"])
+                for layer, block in zip(self.encoder.layers, p["blocks"]):
+                    a = block["attn"]
+                    put(layer.self_attn.in_proj_weight, np.concatenate([a["wq"].T, a["wk"].T,
+                                                                        a["wv"].T]))  # fmt: skip
+                    put(layer.self_attn.in_proj_bias, np.concatenate([a["bq"], a["bk"], a["bv"]]))
+                    put(layer.self_attn.out_proj.weight, a["wo"].T)
+                    put(layer.self_attn.out_proj.bias, a["bo"])
+                    for norm, ln in ((layer.norm1, block["ln1"]), (layer.norm2, block["ln2"])):
+                        put(norm.weight, ln["scale"])
+                        put(norm.bias, ln["bias"])
+                    for linear, fc in ((layer.linear1, block["mlp"]["fc1"]),
+                                       (layer.linear2, block["mlp"]["fc2"])):  # fmt: skip
+                        put(linear.weight, fc["W"].T)
+                        put(linear.bias, fc["b"])
+                put(self.norm.weight, p["ln_final"]["scale"])
+                put(self.norm.bias, p["ln_final"]["bias"])
+                put(self.head.weight, p["classifier"]["W"].T)
+                put(self.head.bias, p["classifier"]["b"])
+
+        def forward(self, x: Any) -> Any:
+            h = self.encoder(self.embed(x) + self.positions[: x.shape[1]])
+            return self.head(self.norm(h).mean(dim=1))
+
+    return PatchTransformer
+
+
+def TorchPatchTransformer(p: dict) -> Any:  # builds a module, as a class call would
+    return _torch_transformer_class()(p)
+
+
 class Torch(Trainer):
-    """The usual PyTorch loop: randperm, slices, zero_grad, backward, Adam step."""
+    """The usual PyTorch loop: randperm, slices, zero_grad, backward, Adam step; the training
+    set on the device once (as fit and the JAX loop have it)."""
 
-    def __init__(self, model: str, data: tuple, batch: int) -> None:
+    def __init__(self, model: Model, data: tuple, batch: int, device: str) -> None:
         import torch
-        from torch import nn
 
-        torch.set_num_threads(2)
         torch.manual_seed(0)
         self.torch = torch
-        self.name = f"PyTorch {torch.__version__} eager"
-        (x, y), (xt, yt) = shaped(model, data)
-        if model == "mlp":
-            net = nn.Sequential(nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
-        else:
+        self.device = device
+        self.name = f"PyTorch {torch.__version__} eager ({device})"
+        (x, y), (xt, yt) = data
+        if model.name == "cnn":
             x, xt = x.transpose(0, 3, 1, 2), xt.transpose(0, 3, 1, 2)  # NCHW
-            net = nn.Sequential(
-                nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-                nn.Flatten(), nn.Linear(7 * 7 * 64, 128), nn.ReLU(), nn.Linear(128, 10),
-            )  # fmt: skip
         self.x, self.y, self.xt, self.yt = (
-            torch.from_numpy(np.ascontiguousarray(a)) for a in (x, y, xt, yt)
+            torch.from_numpy(np.ascontiguousarray(a)).to(device) for a in (x, y, xt, yt)
         )
         self.y, self.yt = self.y.long(), self.yt.long()
-        self.net = net
-        self.optimizer = torch.optim.Adam(net.parameters(), lr=LR)
-        self.loss_fn = nn.CrossEntropyLoss()
-        self.generator = torch.Generator().manual_seed(1)
+        self.net = torch_net(model, model.init()).to(device)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=LR)
+        self.loss_fn = torch.nn.CrossEntropyLoss()
+        self.generator = torch.Generator(device=device).manual_seed(1)
         self.batch = batch
 
     def epoch(self, e: int) -> tuple[float, float, float]:
@@ -459,7 +556,7 @@ class Torch(Trainer):
         steps = n // batch
         t0 = time.perf_counter()
         net.train()
-        perm = torch.randperm(n, generator=self.generator)[: steps * batch]
+        perm = torch.randperm(n, generator=self.generator, device=self.device)[: steps * batch]
         xs, ys = self.x[perm], self.y[perm]
         for i in range(steps):
             xb, yb = xs[i * batch : (i + 1) * batch], ys[i * batch : (i + 1) * batch]
@@ -467,6 +564,7 @@ class Torch(Trainer):
             loss = self.loss_fn(net(xb), yb)
             loss.backward()
             self.optimizer.step()
+        T.torch_sync(self.device)
         train_s = time.perf_counter() - t0
         net.eval()
         with torch.no_grad():
@@ -478,192 +576,99 @@ class Torch(Trainer):
 
 
 # ---------------------------------------------------------------------------------------------
-# The machine
+# The runs and the report
 
 
-def _median_seconds(f: Callable[..., Any], *args: Any, repeats: int) -> float:
-    """Median wall time of ``f(*args)`` after one warm-up call (compilation excluded)."""
-    jax.block_until_ready(f(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def matmul_peak(size: int = 2048, repeats: int = 15) -> float:
-    """Median GFLOP/s of a jitted size x size float32 matmul: the better of XLA's default
-    options (YNNPACK) and fit's CPU options (Eigen), so the peak is the machine's, not one
-    library's."""
-    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-    rates = []
-    for options in OPTION_SETS.values():
-        compiled = jax.jit(lambda a, b: a @ b, compiler_options=options or None)
-        rates.append(2 * size**3 / _median_seconds(compiled, a, b, repeats=repeats) / 1e9)
-    return max(rates)
-
-
-def scan_matmul_rate(
-    batch: int,
-    compiler_options: dict[str, Any],
-    steps: int = 468,
-    repeats: int = 5,
-    rounds: int = 3,
-) -> float:
-    """GFLOP/s of the MLP step's first-layer matmuls alone, one per ``lax.scan`` step.
-
-    Forward ``x @ W`` (batch x 784 x 64) and weight gradient ``x.T @ d`` (784 x batch x 64), the two
-    matmuls that carry 98% of a 784-64-10 step's FLOPs, with nothing else in the loop: a ceiling
-    for any training loop that takes one optimizer step per batch of this size. As a ceiling it
-    is the best of ``rounds`` medians of ``repeats`` loops: a single median landed in one of this
-    machine's slow spells in two runs out of three (52 instead of 113-124 GFLOP/s).
-    """
-    xs = jax.random.normal(jax.random.key(0), (steps, batch, 784), jnp.float32)
-    w = jax.random.normal(jax.random.key(1), (784, 64), jnp.float32)
-
-    def loop(xs, w):
-        def step(w, xb):
-            h = xb @ w
-            return w - 1e-6 * (xb.T @ jnp.tanh(h)), None
-
-        return jax.lax.scan(step, w, xs)[0]
-
-    compiled = jax.jit(loop, compiler_options=compiler_options or None)
-    seconds = min(_median_seconds(compiled, xs, w, repeats=repeats) for _ in range(rounds))
-    return 2 * 2 * steps * batch * 784 * 64 / seconds / 1e9
-
-
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.machine()}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def table(title: str, runs: list[Run], target: float) -> list[str]:
-    plain = next((r for r in runs if r.name.startswith("plain JAX +")), None)
-    torch_run = next((r for r in runs if r.name.startswith("PyTorch")), None)
-    numpy_run = next((r for r in runs if r.name.startswith("NumPy")), None)
-    lines = [
-        f"### {title}",
-        "",
-        f"| implementation | epoch (s) | examples/s | × plain JAX | × PyTorch | × NumPy "
-        f"| time to {target:.2f} (s) | final test acc | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+def trainers_for(
+    model: Model, data: tuple, batch: int, quick: bool, torch_device: str | None
+) -> list[Trainer]:
+    trainers: list[Trainer] = [
+        PlainJax(model, data, batch),
+        Fit(model, data, batch, "jax"),
+        Fit(model, data, batch, "funcgrad"),
     ]
+    if model.name == "mlp" and not quick and train.default_compiler_options():
+        trainers += [Fit(model, data, batch, e, {}) for e in train.GRAD_ENGINES]
+    if model.name == "cnn":
+        trainers.append(Fit(model, data, batch, "funcgrad", conv_impl="im2col"))
+    cpus = jax.devices("cpu") if T.jax_platform() == "cpu" else []
+    if model.name == "transformer" and len(cpus) > 1 and batch % len(cpus) == 0:
+        mesh = Mesh(np.array(cpus), ("data",))
+        trainers += [Fit(model, data, batch, e, mesh=mesh) for e in train.GRAD_ENGINES]
+    if model.name == "mlp" and T.jax_platform() == "cpu":
+        trainers.append(NumpyMLP(data, batch))
+    if torch_device is not None:
+        trainers.append(Torch(model, data, batch, torch_device))
+    return trainers
+
+
+def table_rows(runs: list[Run], target: float, flops: int, peak: T.Peak) -> list[list[str]]:
+    def find(prefix: str) -> Run | None:
+        return next((r for r in runs if r.name.startswith(prefix)), None)
+
+    references = [find("plain JAX +"), find("PyTorch"), find("NumPy")]
+    rows = []
     for r in runs:
-        ratio = [
-            (r.throughput() / ref.throughput()) if ref is not None else None
-            for ref in (plain, torch_run, numpy_run)
-        ]
-        lines.append(
-            f"| {r.name}{' (' + r.note + ')' if r.note else ''} | {r.epoch_time():.3f} "
-            f"| {r.throughput():,.0f} | {fmt(ratio[0], '.2f')} | {fmt(ratio[1], '.2f')} "
-            f"| {fmt(ratio[2], '.2f')} | {fmt(r.time_to(target), '.1f')} "
-            f"| {fmt(r.accuracies[-1] if r.accuracies else None, '.4f')} "
-            f"| {statistics.mean(r.loads):.1f} |"
+        ratios = [r.throughput() / ref.throughput() if ref else None for ref in references]
+        gflops = r.throughput() * flops / 1e9
+        rows.append(
+            [
+                r.name + (f" ({r.note})" if r.note else ""),
+                f"{r.epoch_time():.3f}",
+                f"{r.throughput():,.0f}",
+                *(T.fmt(x, ".2f") for x in ratios),
+                f"{gflops:.1f} ({peak.share(gflops)})",
+                T.fmt(r.time_to(target), ".1f"),
+                T.fmt(r.accuracies[-1] if r.accuracies else None, ".4f"),
+                f"{statistics.mean(r.loads):.1f}",
+            ]
         )
-    return [*lines, ""]
+    return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mlp-epochs", type=int, default=10)
-    parser.add_argument("--cnn-epochs", type=int, default=3)
-    parser.add_argument("--skip-cnn", action="store_true")
+    parser = T.parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="mlp,cnn,transformer")
+    parser.add_argument("--epochs", type=int, default=None, help="override every model's")
     parser.add_argument("--skip-torch", action="store_true")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "bench_train.md"))
     args = parser.parse_args()
 
-    started = load()
-    log("loading Fashion-MNIST ...")
-    data = fashion()
-    log("matmul peak ...")
-    peak = matmul_peak()
-    log("matmul rate at the MLP's shapes ...")
-    ceilings = {
-        batch: {name: scan_matmul_rate(batch, options) for name, options in OPTION_SETS.items()}
-        for batch in (128, 32)
-    }
-    sections: list[tuple[str, list[Run], float]] = []
-    mlp_rows: dict[int, list[Run]] = {}
-    for batch in (128, 32):
-        log(f"MLP batch {batch}")
-        trainers: list[Trainer] = [
-            PlainJax("mlp", data, batch),
-            Fit("mlp", data, batch, "jax"),
-            Fit("mlp", data, batch, "funcgrad"),
-            Fit("mlp", data, batch, "jax", XLA_DEFAULTS),
-            Fit("mlp", data, batch, "funcgrad", XLA_DEFAULTS),
-            NumpyMLP(data, batch),
-        ]
-        if not args.skip_torch:
-            trainers.append(Torch("mlp", data, batch))
-        rows = round_robin(trainers, args.mlp_epochs, (60000 // batch) * batch)
-        mlp_rows[batch] = rows
-        sections.append((f"MLP 784-64-10, batch {batch}, Adam", rows, TARGETS["mlp"]))
-    if not args.skip_cnn:
-        log("CNN")
-        fast = {"conv_impl": "im2col_vjp"}
-        trainers = [
-            PlainJax("cnn", data, 128, **fast),
-            Fit("cnn", data, 128, "jax", **fast),
-            Fit("cnn", data, 128, "funcgrad", **fast),
-            Fit("cnn", data, 128, "funcgrad", conv_impl="im2col"),
-        ]
-        if not args.skip_torch:
-            trainers.append(Torch("cnn", data, 128))
-        rows = round_robin(trainers, args.cnn_epochs, (60000 // 128) * 128)
-        log("CNN: XLA convolutions (a few steps)")
-        rows.append(bench_xla_conv_steps(data, 128))
-        sections.append(("CNN conv32-pool-conv64-pool-dense128-10, batch 128, Adam", rows, 0.88))
-
-    versions = f"jax {jax.__version__}, optax {optax.__version__}, numpy {np.__version__}"
-    if "torch" in sys.modules:
-        versions += f", torch {sys.modules['torch'].__version__}"
-    lines = [
-        "## Training benchmark (scripts/bench_train.py)",
-        "",
-        f"- machine: {machine()}; {versions}",
-        f"- load average (1 min) at start {started:.1f}, at end {load():.1f}",
-        f"- matmul peak: {peak:.1f} GFLOP/s (jitted 2048×2048 f32, median)",
-    ]
-    for batch, rows in mlp_rows.items():
-        gflops = {r.name: r.throughput() * MLP_FLOPS_PER_EXAMPLE / 1e9 for r in rows}
-        achieved = ", ".join(f"{name}: {g:.1f} ({g / peak:.0%})" for name, g in gflops.items())
-        lines.append(f"- MLP batch {batch} achieved GFLOP/s (share of peak): {achieved}")
-        rates = ", ".join(
-            f"{rate:.1f} GFLOP/s ({rate / peak:.0%} of peak) with {name}"
-            for name, rate in ceilings[batch].items()
-        )
-        lines.append(
-            f"- MLP batch {batch} ceiling: its two first-layer matmuls alone in a lax.scan run at "
-            + rates
-        )
-    lines.append("")
-    for title, rows, target in sections:
-        lines += table(title, rows, target)
-    report = "\n".join(lines)
-    print(report)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(report + "\n")
-    log(f"written to {out}")
+    report = T.Report("Training benchmark (scripts/bench_train.py)", args)
+    torch_device = None if args.skip_torch else T.torch_device()
+    T.log("loading Fashion-MNIST ...")
+    datasets = fashion(12_800 if args.quick else None)
+    T.log("matmul peak ...")
+    peak = T.matmul_peak(rounds=5 if args.quick else 9)
+    report.add(f"- matmul peak: {peak.gflops:.1f} GFLOP/s ({peak.source}; float32, median)")
+    for name in args.models.split(","):
+        model = MODELS[name]
+        data = datasets[name]
+        epochs = args.epochs or (min(3, model.epochs) if args.quick else model.epochs)
+        for batch in (128, 32) if name == "mlp" and not args.quick else (128,):
+            T.log(f"{model.title}, batch {batch}")
+            examples = (len(data[0][0]) // batch) * batch
+            trainers = trainers_for(model, data, batch, args.quick, torch_device)
+            runs = round_robin(trainers, epochs, examples)
+            if name == "cnn" and not args.quick and T.jax_platform() == "cpu":
+                runs.append(xla_conv_steps(data, batch))
+            # The model's FLOPs, the same for every row: its default formulation (direct
+            # convolutions), not cnn.FAST's Winograd, which does fewer multiplications.
+            flops = T.step_flops(model.apply, model.init(), jnp.asarray(data[0][0][:1]))
+            report.table(
+                [
+                    "implementation", "epoch (s)", "examples/s", "× plain JAX", "× PyTorch",
+                    "× NumPy", "GFLOP/s (of peak)", f"time to {model.target:.2f} (s)",
+                    "final test acc", "load",
+                ],
+                table_rows(runs, model.target, flops, peak),
+                title=f"{model.title}, batch {batch}, Adam, {epochs} epochs of {examples:,}",
+            )  # fmt: skip
+            report.add(
+                "",
+                f"Exact matmul/convolution FLOPs of a step of the model (direct convolutions): "
+                f"{flops:,} per example ({flops * batch / 1e9:.2f} GFLOP per step of {batch}).",
+            )
+    report.finish(f"bench_train-{T.device_tag()}" + ("-quick" if args.quick else ""))
 
 
 if __name__ == "__main__":

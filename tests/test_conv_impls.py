@@ -1,5 +1,9 @@
 """The formulations of conv2d and max_pool compute the same function and gradients, with both
-engines: im2col (derived VJP), im2col_vjp (hand-written custom_vjp) and XLA's own ops."""
+engines: im2col (derived VJP), im2col_vjp (hand-written custom_vjp), winograd (derived) and XLA's
+own ops; max_pool's
+reshape (derived), argmax_vjp (hand-written) and reduce_window; the CNN's pool_first order."""
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +41,7 @@ def test_im2col_conv_equals_xla_conv_and_so_do_their_gradients(hw, kernel, strid
         return jnp.sum(jnp.tanh(y) * jnp.arange(y.size).reshape(y.shape) / y.size)
 
     reference = jax.grad(loss, argnums=(0, 1))(params, x, "xla")
-    for impl in ("im2col", "im2col_vjp"):
+    for impl in ("im2col", "im2col_vjp", "winograd"):  # 3 channels: winograd is im2col_vjp
         np.testing.assert_allclose(out(impl), out("xla"), rtol=1e-5, atol=1e-5)
         for grad in (jax.grad, fg.grad):
             got = grad(loss, argnums=(0, 1))(params, x, impl)
@@ -142,6 +146,132 @@ def test_overlapping_or_padded_pools_fall_back_to_reduce_window():
         )
 
 
+WINOGRAD_GEOMETRIES = [  # (image hw, padding, batch): even, odd and tiny images
+    ((14, 14), "SAME", 2),
+    ((7, 9), "SAME", 1),
+    ((8, 6), "VALID", 2),
+    ((9, 7), "VALID", 1),
+    ((3, 3), "SAME", 2),
+]
+
+
+@pytest.mark.parametrize(("hw", "padding", "batch"), WINOGRAD_GEOMETRIES)
+def test_winograd_conv_equals_xla_conv_and_so_do_its_derived_gradients(hw, padding, batch):
+    k1, k2, k3 = jax.random.split(jax.random.key(9), 3)
+    params = layers.conv2d_init(k1, 3, 8, 5)  # 8 input channels: the Winograd path
+    params["b"] = jax.random.normal(k3, (5,))
+    x = jax.random.normal(k2, (batch, *hw, 8))
+
+    def out(impl):
+        return layers.conv2d(params, x, padding=padding, impl=impl)
+
+    np.testing.assert_allclose(out("winograd"), out("xla"), rtol=1e-5, atol=1e-5)
+    ct = jax.random.normal(k3, out("xla").shape)
+
+    def loss(p, x, impl):
+        return jnp.sum(jnp.tanh(layers.conv2d(p, x, padding=padding, impl=impl)) * ct)
+
+    reference = jax.grad(loss, argnums=(0, 1))(params, x, "im2col")
+    for grad in (jax.grad, fg.grad):
+        eager = grad(loss, argnums=(0, 1))
+        jitted = jax.jit(eager, static_argnums=2)
+        for got in (eager(params, x, "winograd"), jitted(params, x, "winograd")):
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(reference)):
+                assert a.shape == b.shape and a.dtype == b.dtype
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_winograd_falls_back_where_it_does_not_apply():
+    # Few input channels, other kernels and strides compute as im2col_vjp / im2col: the same
+    # program as asking for those.
+    x8 = jax.random.normal(jax.random.key(0), (1, 6, 6, 8))
+    cases = [
+        (layers.conv2d_init(jax.random.key(1), 3, 4, 2), x8[..., :4], {}),  # 4 channels
+        (layers.conv2d_init(jax.random.key(2), 5, 8, 2), x8, {}),  # 5x5 kernel
+        (layers.conv2d_init(jax.random.key(3), 3, 8, 2), x8, {"stride": 2}),  # stride 2
+    ]
+    for params, x, kwargs in cases:
+        fallback = "im2col_vjp" if not kwargs else "im2col"
+
+        def program(impl, params=params, x=x, kwargs=kwargs):
+            return str(jax.make_jaxpr(lambda p: layers.conv2d(p, x, impl=impl, **kwargs))(params))
+
+        assert program("winograd") == program(fallback)
+
+
+@pytest.mark.parametrize("window", [2, 3, (2, 3)])
+def test_argmax_vjp_pool_equals_the_derived_gradient(window):
+    # Random inputs: one maximum per window, where every convention agrees. The reference is
+    # the gradient funcgrad derives for the reshape formulation, primitive by primitive.
+    x = jax.random.normal(jax.random.key(4), (2, 7, 9, 3))
+    np.testing.assert_array_equal(
+        layers.max_pool(x, window, impl="argmax_vjp"), layers.max_pool(x, window)
+    )
+
+    def loss(x, impl):
+        return jnp.sum(jnp.sin(layers.max_pool(x, window, impl=impl)) * jnp.cos(x[:, :2, :3]).sum())
+
+    expected = fg.grad(loss)(x, "reshape")
+    for grad in (jax.grad, fg.grad):
+        eager = grad(loss)
+        for got in (eager(x, "argmax_vjp"), jax.jit(eager, static_argnums=1)(x, "argmax_vjp")):
+            assert got.dtype == x.dtype
+            np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_argmax_vjp_pool_sends_ties_to_the_first_maximum_like_reduce_window():
+    x = jnp.array([[3.0, 1.0, 2.0, 2.0], [3.0, 0.0, 2.0, 2.0]])[None, :, :, None]
+    for grad in (jax.grad, fg.grad):
+        got = grad(lambda x: layers.max_pool(x, impl="argmax_vjp").sum())(x)
+        first = jax.grad(lambda x: layers.max_pool(x, impl="xla").sum())(x)
+        np.testing.assert_array_equal(got, first)
+        np.testing.assert_array_equal(got[0, :, :, 0], [[1, 0, 1, 0], [0, 0, 0, 0]])
+    per_example = jax.vmap(jax.grad(lambda x: layers.max_pool(x, impl="argmax_vjp").sum()))
+    np.testing.assert_array_equal(per_example(x[:, None])[:, 0], first)
+
+
+def test_im2col_vjp_evaluates_with_xla_convolution_and_trains_with_patches():
+    # Not differentiated, conv2d(impl="im2col_vjp") is XLA's convolution; differentiated, its
+    # forward pass is patches @ W. Both equal the derived formulation up to float rounding.
+    params = layers.conv2d_init(jax.random.key(5), 3, 4, 6)
+    x = jax.random.normal(jax.random.key(6), (3, 9, 8, 4))
+    for padding in ("SAME", "VALID"):
+        want = layers.conv2d(params, x, padding=padding, impl="im2col")
+        got = jax.jit(lambda p, x, padding=padding: layers.conv2d(
+            p, x, padding=padding, impl="im2col_vjp"))(params, x)  # fmt: skip
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        value, _ = fg.vjp(lambda x, padding=padding: layers.conv2d(
+            params, x, padding=padding, impl="im2col_vjp"), x)  # fmt: skip
+        np.testing.assert_allclose(value, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "identity"])
+def test_pool_first_is_the_same_function_and_gradient(activation):
+    params = cnn.init(jax.random.key(7), (12, 12, 1), conv_channels=(8, 8), dense_sizes=(16, 10))
+    x = jax.random.normal(jax.random.key(8), (6, 12, 12, 1))
+    y = jnp.arange(6) % 10
+    plain = cnn.apply(params, x, activation=activation)
+    pooled_first = cnn.apply(params, x, activation=activation, pool_first=True)
+    np.testing.assert_array_equal(pooled_first, plain)
+
+    def loss(p, **kwargs):
+        return losses.softmax_cross_entropy(cnn.apply(p, x, activation=activation, **kwargs), y)
+
+    expected = fg.grad(loss)(params)  # derived, conv -> act -> pool
+    fast = {"pool_first": True, "conv_impl": "im2col_vjp", "pool_impl": "argmax_vjp"}
+    for kwargs in ({"pool_first": True}, fast, cnn.FAST):
+        for grad in (jax.grad, fg.grad):
+            got = grad(functools.partial(loss, **kwargs))(params)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+                np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_pool_first_needs_an_activation_that_commutes_with_max():
+    params = cnn.init(jax.random.key(0), (8, 8, 1), conv_channels=(2,), dense_sizes=(3,))
+    with pytest.raises(ValueError, match="pool_first=True needs an activation that commutes"):
+        cnn.apply(params, jnp.ones((1, 8, 8, 1)), activation="gelu", pool_first=True)
+
+
 def test_unknown_impl_is_refused():
     params = layers.conv2d_init(jax.random.key(0), 3, 1, 2)
     with pytest.raises(ValueError, match="conv2d impl must be one of"):
@@ -151,7 +281,8 @@ def test_unknown_impl_is_refused():
 
 
 def test_the_cnn_trains_the_same_with_either_formulation():
-    params = cnn.init(jax.random.key(0), (12, 12, 1), conv_channels=(4, 8), dense_sizes=(16, 10))
+    # 8 channels into the second convolution: its Winograd path (the first has 1: im2col_vjp).
+    params = cnn.init(jax.random.key(0), (12, 12, 1), conv_channels=(8, 8), dense_sizes=(16, 10))
     x = jax.random.normal(jax.random.key(1), (6, 12, 12, 1))
     y = jnp.arange(6) % 10
 
@@ -161,9 +292,14 @@ def test_the_cnn_trains_the_same_with_either_formulation():
         )
 
     ref_loss, ref_grads = jax.value_and_grad(loss)(params, "xla", "xla")
-    for conv_impl in ("im2col", "im2col_vjp"):
+    for conv_impl, pool_impl in [
+        ("im2col", "reshape"),
+        ("im2col_vjp", "reshape"),
+        ("im2col_vjp", "argmax_vjp"),
+        ("winograd", "argmax_vjp"),
+    ]:
         for value_and_grad in (jax.value_and_grad, fg.value_and_grad):
-            got_loss, got_grads = value_and_grad(loss)(params, conv_impl, "reshape")
+            got_loss, got_grads = value_and_grad(loss)(params, conv_impl, pool_impl)
             np.testing.assert_allclose(got_loss, ref_loss, rtol=1e-5)
             for a, b in zip(jax.tree.leaves(got_grads), jax.tree.leaves(ref_grads)):
                 np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -69,6 +69,11 @@ def _model(name: str, dtype) -> tuple[Callable, object, jax.Array]:
                                   dtype=dtype)
         tokens = jax.random.randint(k2, (3, 6), 0, 11)
         return partial(transformer.apply, num_heads=2), params, tokens
+    if name == "transformer_patches":
+        params = transformer.init(k1, patch_dim=5, num_classes=4, d_model=8, num_layers=1,
+                                  max_len=6, dtype=dtype)
+        patches = jax.random.normal(k2, (3, 6, 5), dtype)
+        return partial(transformer.apply, num_heads=2), params, patches
     if name == "transformer_lm":
         params = transformer.init(k1, 11, d_model=8, num_layers=1, max_len=6, dtype=dtype)
         tokens = jax.random.randint(k2, (3, 6), 0, 11)
@@ -83,6 +88,7 @@ MODELS = [
     "cnn_max",
     "cnn_avg",
     "transformer",
+    "transformer_patches",
     "transformer_lm",
 ]
 
@@ -110,7 +116,8 @@ def test_model_loss_grad_float32(model_name, loss_name):
 
 
 @pytest.mark.parametrize("model_name", ["linear", "mlp_tanh", "mlp_relu", "mlp_gelu", "cnn_max",
-                                        "cnn_avg", "transformer", "transformer_lm"])
+                                        "cnn_avg", "transformer", "transformer_patches",
+                                        "transformer_lm"])
 @pytest.mark.parametrize("loss_name", ["mse", "softmax_ce_int", "bce_logits"])
 def test_model_loss_grad_float64(model_name, loss_name):
     with jax.enable_x64(True):

@@ -54,6 +54,11 @@ MODELS = {
         _ids((5, 7)),
         transformer.apply,  # default num_heads=4
     ),
+    "transformer_patches": lambda: (
+        transformer.init(KEY, patch_dim=6, num_classes=4, d_model=16, num_layers=1, max_len=8),
+        _normal((5, 7, 6)),
+        transformer.apply,
+    ),
 }
 OUTPUT_SHAPES = {
     "linear": (5, 2),
@@ -61,6 +66,7 @@ OUTPUT_SHAPES = {
     "cnn": (5, 10),
     "transformer_classifier": (5, 4),
     "transformer_lm": (5, 7, 20),
+    "transformer_patches": (5, 4),
 }
 
 
@@ -211,6 +217,51 @@ def test_transformer_param_layout():
     assert "['lm_head']['W']" not in paths
     lm = _paths(params_of("transformer_lm"))
     assert lm["['lm_head']['W']"] == (16, 20) and "['classifier']['W']" not in lm
+
+
+def test_transformer_patch_model_layout_and_errors():
+    params = params_of("transformer_patches")
+    paths = _paths(params)
+    assert paths["['embed']['patches']['W']"] == (6, 16)
+    assert paths["['embed']['patches']['b']"] == (16,)
+    assert paths["['embed']['positions']"] == (8, 16)
+    assert "['embed']['tokens']" not in paths and paths["['classifier']['W']"] == (16, 4)
+    assert [r["type"] for r in fg.models.summary_rows(params)[:2]] == ["embedding", "dense"]
+    with pytest.raises(ValueError, match=r"pass vocab_size .* or patch_dim .*, exactly one"):
+        transformer.init(KEY)
+    with pytest.raises(ValueError, match=r"pass vocab_size .* or patch_dim .*, exactly one"):
+        transformer.init(KEY, 20, patch_dim=6, num_classes=3)
+    with pytest.raises(ValueError, match=r"a patch model is a classifier .* pass num_classes"):
+        transformer.init(KEY, patch_dim=6)
+
+
+def test_patch_model_equals_the_token_model_on_one_hot_patches():
+    # A one-hot patch times the patch embedding (zero bias) is an embedding-table row: the two
+    # input paths compute the same function.
+    patch = transformer.init(KEY, patch_dim=20, num_classes=3, d_model=16, num_layers=1, max_len=8)
+    tokens = dict(patch, embed={"tokens": patch["embed"]["patches"]["W"],
+                                "positions": patch["embed"]["positions"]})  # fmt: skip
+    ids = _ids((4, 6))
+    np.testing.assert_allclose(
+        transformer.apply(patch, jax.nn.one_hot(ids, 20)),
+        transformer.apply(tokens, ids),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_image_patches_cut_row_by_row():
+    x = jnp.arange(2 * 4 * 6 * 2, dtype=jnp.float32).reshape(2, 4, 6, 2)
+    p = layers.image_patches(x, 2)
+    assert p.shape == (2, 6, 8)
+    for n, i, j in [(0, 0, 0), (1, 1, 2), (0, 0, 2)]:
+        np.testing.assert_array_equal(
+            p[n, i * 3 + j], x[n, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].reshape(-1)
+        )
+    assert layers.image_patches(jnp.ones((2, 28, 28, 1)), 7).shape == (2, 16, 49)
+    assert layers.image_patches(jnp.ones((6, 4, 3)), (3, 2)).shape == (4, 18)  # unbatched
+    with pytest.raises(ValueError, match="image size 28x28 is not a multiple of the patch size"):
+        layers.image_patches(jnp.ones((1, 28, 28, 1)), 5)
 
 
 def test_models_are_lazy_attributes_of_the_package():
@@ -578,6 +629,15 @@ BAD_INPUTS = {
     "transformer_too_long": (
         lambda: transformer.apply(params_of("transformer_lm"), jnp.ones((2, 9), jnp.int32)),
         r"transformer embed \(positions\): sequence length 9 is longer than max_len=8",
+    ),
+    "transformer_patches_as_ids": (
+        lambda: transformer.apply(params_of("transformer_patches"), _ids((2, 5))),
+        r"transformer embed \(patches\): expected input of shape \(batch, seq, 6\) or \(seq, 6\) "
+        r"with a floating dtype, got shape \(2, 5\) int32",
+    ),
+    "transformer_patches_wrong_size": (
+        lambda: transformer.apply(params_of("transformer_patches"), jnp.ones((2, 5, 7))),
+        r"transformer embed \(patches\): expected .* got shape \(2, 5, 7\) float32",
     ),
     "transformer_heads_do_not_divide": (
         lambda: transformer.apply(params_of("transformer_lm"), _ids((2, 5)), num_heads=3),

@@ -163,8 +163,8 @@ def build_model(
         if not images:
             raise UsageError("--model cnn needs images: use --dataset mnist or fashion-mnist.")
         params = cnn.init(key, dense_sizes=(128, outputs))
-        # Default: the im2col convolutions with their hand-written backward pass (about 20%
-        # faster on CPU than the derived one; the same function and gradients).
+        # Default: the CNN's fastest formulation on CPU (hand-written backward passes; the same
+        # function and gradients as the derived one, see models.layers.conv2d).
         apply = functools.partial(cnn.apply, conv_impl=conv_impl)
         return params, apply, lambda x: scaled(x)[..., None]
     if model == "transformer":

@@ -173,8 +173,8 @@ def conv2d_init(
     }
 
 
-CONV_IMPLS = ("im2col", "im2col_vjp", "xla")
-POOL_IMPLS = ("reshape", "xla")
+CONV_IMPLS = ("im2col", "im2col_vjp", "winograd", "xla")
+POOL_IMPLS = ("reshape", "argmax_vjp", "xla")
 
 
 def _choice(value: str, allowed: tuple[str, ...], name: str) -> str:
@@ -190,11 +190,13 @@ def conv2d(
     stride: int | Sequence[int] = 1,
     padding: str = "SAME",
     impl: str = "im2col",
+    bias: bool = True,
 ) -> jax.Array:
     """2-D cross-correlation of NHWC images with an HWIO kernel, plus bias.
 
     y[n, i, j, o] = Σ_{di, dj, c} x[n, s·i + di, s·j + dj, c] · W[di, dj, c, o] + b[o]
     ``padding="SAME"`` keeps ceil(H / stride) rows; ``"VALID"`` uses only full windows.
+    ``bias=False`` leaves ``+ b`` out (for a caller that adds it later, after pooling).
 
     ``impl`` chooses how it is computed; all give the same numbers up to float rounding:
 
@@ -202,19 +204,26 @@ def conv2d(
       concatenated on the channel axis into patches ``(n, H', W', kh·kw·c_in)`` and multiplied
       by W reshaped to ``(kh·kw·c_in, c_out)``: one ``dot_general``. Its gradient is derived
       primitive by primitive (matmuls, slices and pads: every step visible to ``fg.grad`` and
-      ``fg.trace``), and XLA runs it fast on CPU (about 18x faster training than ``"xla"``
-      for the MNIST CNN on this project's 2-core CPU).
-    - ``"im2col_vjp"``: the same forward pass with a hand-written backward pass
-      (``jax.custom_vjp``, see :func:`_im2col_conv_bwd`): the input gradient is one
-      convolution of dY with the flipped kernel, which XLA's CPU backend runs as a fast
-      forward convolution, instead of patch gradients summed back into the image; the kernel
-      gradient is patchesᵀ·dY in two half-batch matmuls. About 20% faster training of the
-      MNIST CNN on CPU (``scripts/bench_train.py``). Stride 1 only (other strides use
-      ``"im2col"``). Being a ``custom_vjp`` it has no forward-mode derivative
-      (``jax.jvp``, ``jax.jacfwd`` and ``jax.hessian`` raise); reverse mode, ``grad`` of
-      ``grad``, ``jit`` and ``vmap`` work, and ``fg.grad`` calls the same backward function.
+      ``fg.trace``), and XLA's CPU backend trains it far faster than ``"xla"``.
+    - ``"im2col_vjp"``: the same function with a hand-written backward pass
+      (``jax.custom_vjp``, see :func:`_im2col_conv_bwd`): differentiated, the forward pass is
+      patches @ W and keeps the patches; the input gradient is one convolution of dY with the
+      flipped kernel (a forward convolution, which XLA:CPU runs fast) instead of patch
+      gradients summed back into the image; the kernel gradient is patchesᵀ·dY in two
+      half-batch matmuls. Not differentiated (an evaluation), it is XLA's convolution. Stride 1
+      only (other strides use ``"im2col"``). Being a ``custom_vjp`` it has no forward-mode
+      derivative (``jax.jvp``, ``jax.jacfwd`` and ``jax.hessian`` raise); reverse mode, ``grad``
+      of ``grad``, ``jit`` and ``vmap`` work, and ``fg.grad`` calls the same backward function.
+    - ``"winograd"``: 3×3 kernels at stride 1 with at least 8 input channels use Winograd's
+      minimal filtering F(2×2, 3×3) (:func:`_winograd_conv`): 2.25 times fewer multiplications
+      than the direct convolution, in 16 batched matmuls between linear transforms of the
+      input tiles, the kernel and the output; its gradient is derived primitive by primitive.
+      Other layers (a grayscale input's first convolution, other kernels or strides) compute
+      as ``"im2col_vjp"``.
     - ``"xla"``: one ``lax.conv_general_dilated``. XLA's CPU backend runs the convolutions of
       its gradient (above all the weight gradient) slowly; on GPU/TPU it is the natural choice.
+
+    ``scripts/bench_conv.py`` times the formulations and profiles the CNN's training step.
     """
     impl = _choice(impl, CONV_IMPLS, "conv2d impl")
     strides = _pair(stride, "stride")
@@ -229,11 +238,13 @@ def conv2d(
         )
     else:
         _check_conv_input(x, params["W"])
-        if impl == "im2col_vjp" and strides == (1, 1):
+        if impl == "winograd" and _winograd_applies(params["W"], strides):
+            y = _winograd_conv(x, params["W"], padding)
+        elif impl in ("im2col_vjp", "winograd") and strides == (1, 1):
             y = _im2col_conv(x, params["W"], padding)
         else:
             y = _conv2d_im2col(x, params["W"], strides, padding)
-    return y + params["b"]
+    return y + params["b"] if bias else y
 
 
 def _check_conv_input(x: jax.Array, w: jax.Array) -> None:
@@ -280,8 +291,13 @@ def _kernel_matrix(w: jax.Array) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _im2col_conv(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
-    """Stride-1 im2col convolution with the hand-written backward pass of ``"im2col_vjp"``."""
-    return _conv2d_im2col(x, w, (1, 1), padding)
+    """Stride-1 convolution with the hand-written backward pass of ``"im2col_vjp"``.
+
+    Not differentiated (an evaluation), it is XLA's own convolution, which XLA:CPU runs fast
+    forward (an im2col product whose patches feed only the matmul is fused into it, slowly);
+    differentiated, the forward pass is patches @ W, keeping the patches for the kernel
+    gradient."""
+    return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=_CONV_DIMS)
 
 
 def _im2col_conv_fwd(
@@ -295,11 +311,7 @@ def _im2col_conv_bwd(
     padding: str, residuals: tuple[jax.Array, jax.Array], dy: jax.Array
 ) -> tuple[jax.Array, jax.Array]:
     """(dX, dW) of the stride-1 im2col convolution: :func:`_input_grad_as_conv` and
-    :func:`_kernel_grad_in_halves`.
-
-    The MNIST CNN's jitted training step on the 2-core CPU (``scripts/bench_conv.py``, medians
-    of three runs): derived backward 42–46 ms, this one 33–37 ms, this one with dW as one
-    matmul 39–49 ms."""
+    :func:`_kernel_grad_in_halves`."""
     patches, w = residuals
     dx = _input_grad_as_conv(dy, w, padding)
     return dx.astype(patches.dtype), _kernel_grad_in_halves(patches, dy, w.shape).astype(w.dtype)
@@ -337,6 +349,55 @@ def _kernel_grad_in_halves(
 _im2col_conv.defvjp(_im2col_conv_fwd, _im2col_conv_bwd)
 
 
+# Winograd's F(2x2, 3x3) (Lavin & Gray 2016): a 2x2 output tile y of a 4x4 input tile d and a 3x3
+# kernel g is y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A, a cross-correlation as conv2d computes.
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
+_WINOGRAD_GG = np.kron(_WINOGRAD_G, _WINOGRAD_G)  # (16, 9): U = G g Gᵀ for every (c_in, c_out)
+_WINOGRAD_AA = np.kron(*[np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)] * 2)  # (4, 16)
+# Below this many input channels the 16 batched matmuls are too thin to pay for the transforms.
+_WINOGRAD_MIN_CHANNELS = 8
+
+
+def _winograd_applies(w: jax.Array, strides: tuple[int, int]) -> bool:
+    return w.shape[:2] == (3, 3) and strides == (1, 1) and w.shape[2] >= _WINOGRAD_MIN_CHANNELS
+
+
+def _winograd_input(r0: jax.Array, r1: jax.Array, r2: jax.Array, r3: jax.Array) -> list:
+    """Bᵀ d along one axis, Bᵀ = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]]."""
+    return [r0 - r2, r1 + r2, r2 - r1, r1 - r3]
+
+
+def _winograd_conv(x: jax.Array, w: jax.Array, padding: str) -> jax.Array:
+    """Stride-1 3x3 cross-correlation of NHWC images, F(2x2, 3x3) Winograd.
+
+    The padded image is cut into 4x4 tiles overlapping by 2 (one per 2x2 output tile; the
+    image is padded with zeros at the bottom and right to whole tiles and the output cropped),
+    transformed to V = Bᵀ d B (16 arrays of (tiles, c_in)); the kernel to U = G g Gᵀ (16
+    matrices (c_in, c_out)); M = V U is one batched matmul over the 16 positions, and
+    Y = Aᵀ M A (Aᵀ = [[1, 1, 1, 0], [0, 1, -1, -1]]; a matmul by Aᵀ ⊗ Aᵀ over the positions)
+    gives each tile's 2x2 outputs. Every step is linear in x and in W, so the
+    gradient is derived by the rules of its primitives (slices, adds, pads, the matmuls)."""
+    n, height, width, c_in = x.shape
+    c_out = w.shape[-1]
+    (top, bottom), (left, right) = lax.padtype_to_pads((height, width), (3, 3), (1, 1), padding)
+    out_h, out_w = height + top + bottom - 2, width + left + right - 2
+    th, tw = -(-out_h // 2), -(-out_w // 2)
+    x = jnp.pad(x, ((0, 0), (top, 2 * th + 2 - height - top), (left, 2 * tw + 2 - width - left),
+                    (0, 0)))  # fmt: skip
+    rows = x.reshape(n, th + 1, 2, 2 * tw + 2, c_in)  # padded row 2s + q at [:, s, q]
+    v = []
+    for e in _winograd_input(rows[:, :th, 0], rows[:, :th, 1], rows[:, 1:, 0], rows[:, 1:, 1]):
+        cols = e.reshape(n, th, tw + 1, 2, c_in)
+        v += _winograd_input(cols[:, :, :tw, 0], cols[:, :, :tw, 1], cols[:, :, 1:, 0],
+                             cols[:, :, 1:, 1])  # fmt: skip
+    v = jnp.stack(v).reshape(16, n * th * tw, c_in)
+    u = (jnp.asarray(_WINOGRAD_GG, w.dtype) @ w.reshape(9, c_in * c_out)).reshape(16, c_in, c_out)
+    m = lax.dot_general(v, u, (((2,), (1,)), ((0,), (0,))))  # (16, tiles, c_out)
+    y = jnp.asarray(_WINOGRAD_AA, m.dtype) @ m.reshape(16, -1)  # Aᵀ ⊗ Aᵀ: (4, tiles · c_out)
+    y = y.reshape(2, 2, n, th, tw, c_out).transpose(2, 3, 0, 4, 1, 5)
+    return y.reshape(n, 2 * th, 2 * tw, c_out)[:, :out_h, :out_w]
+
+
 def _window(x: jax.Array, size: tuple[int, int]) -> tuple[int, ...]:
     # Pool over H and W of (..., H, W, C): size 1 on every other axis.
     return (1,) * (x.ndim - 3) + (*size, 1)
@@ -352,26 +413,70 @@ def max_pool(
     """Max over each ``window`` of the H and W axes of ``(..., H, W, C)``; stride = window by
     default. y[i, j, c] = max_{di, dj} x[s·i + di, s·j + dj, c].
 
-    ``impl="reshape"`` (default): when the windows tile the image (stride = window, ``"VALID"``
-    padding) the image is cropped to whole windows, reshaped to ``(..., H/k, k, W/k, k, C)``
-    and reduced with ``max`` over the two window axes; its gradient is elementwise (fast on
-    CPU). Other geometries, and ``impl="xla"``, use ``lax.reduce_window``, whose ``jax.grad`` is
-    XLA's select-and-scatter, a slow loop on CPU. The values are identical; the gradients differ
-    only at ties inside a window: ``reduce_max`` shares the cotangent equally among the tied
-    maxima, ``reduce_window`` gives it all to the first one. After a relu the only ties are
-    all-zero windows, whose gradient the relu zeroes anyway.
+    ``impl`` chooses how it is computed when the windows tile the image (stride = window,
+    ``"VALID"`` padding; the image is cropped to whole windows); the values are identical:
+
+    - ``"reshape"`` (default): reshaped to ``(..., H/k, k, W/k, k, C)`` and reduced with
+      ``max`` over the two window axes; its gradient, derived by the rules of its primitives,
+      is elementwise and shares a window's cotangent equally among tied maxima.
+    - ``"argmax_vjp"``: the same values, with a hand-written backward pass
+      (``jax.custom_vjp``): the forward pass also records which element of each window is the
+      first maximum (an int8 index) and the backward pass sends the cotangent there, reading
+      neither the input nor the output again. No forward mode, as any ``custom_vjp``.
+    - ``"xla"``: ``lax.reduce_window`` (also used for other geometries), whose ``jax.grad`` is
+      XLA's select-and-scatter, a slow loop on CPU.
+
+    The gradients differ only at ties inside a window: ``"reshape"`` shares the cotangent,
+    ``"argmax_vjp"`` and ``reduce_window`` give it all to the first maximum (row-major order).
+    After a relu the only ties are all-zero windows, whose gradient the relu zeroes anyway.
     """
     size = _pair(window, "window")
     strides = size if stride is None else _pair(stride, "stride")
     padding = _padding(padding)
-    tiles = strides == size and padding == "VALID"
-    if _choice(impl, POOL_IMPLS, "max_pool impl") == "reshape" and tiles:
+    impl = _choice(impl, POOL_IMPLS, "max_pool impl")
+    if impl != "xla" and strides == size and padding == "VALID":
         *lead, height, width, channels = x.shape
         out_h, out_w = height // size[0], width // size[1]
         x = x[..., : out_h * size[0], : out_w * size[1], :]
         x = x.reshape(*lead, out_h, size[0], out_w, size[1], channels)
-        return jnp.max(x, axis=(-4, -2))
+        return _argmax_pool(x, size) if impl == "argmax_vjp" else jnp.max(x, axis=(-4, -2))
     return lax.reduce_window(x, -jnp.inf, lax.max, _window(x, size), _window(x, strides), padding)
+
+
+def _window_elements(windows: jax.Array) -> list[jax.Array]:
+    """The kh·kw elements of each window of ``(..., H', kh, W', kw, C)``, in row-major order."""
+    kh, kw = windows.shape[-4], windows.shape[-2]
+    return [windows[..., :, di, :, dj, :] for di in range(kh) for dj in range(kw)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _argmax_pool(windows: jax.Array, size: tuple[int, int]) -> jax.Array:
+    """max over the window axes of ``(..., H', kh, W', kw, C)``, with a hand-written VJP."""
+    del size
+    return jnp.max(windows, axis=(-4, -2))
+
+
+def _argmax_pool_fwd(windows: jax.Array, size: tuple[int, int]) -> tuple[jax.Array, jax.Array]:
+    """The max and the index (row-major, int8) of the first maximal element of each window."""
+    del size
+    elements = _window_elements(windows)
+    best, index = elements[0], jnp.zeros(elements[0].shape, jnp.int8)
+    for k, element in enumerate(elements[1:], start=1):
+        better = (element > best) | (jnp.isnan(element) & ~jnp.isnan(best))
+        best = jnp.where(better, element, best)
+        index = jnp.where(better, jnp.int8(k), index)
+    return best, index
+
+
+def _argmax_pool_bwd(size: tuple[int, int], index: jax.Array, dy: jax.Array) -> tuple[jax.Array]:
+    """d max-pool: dX[window element k] = dY where k is the window's first maximum, else 0."""
+    kh, kw = size
+    k = np.arange(kh * kw, dtype=np.int8).reshape(kh, 1, kw, 1)
+    hit = index[..., :, None, :, None, :] == k
+    return (jnp.where(hit, dy[..., :, None, :, None, :], jnp.zeros((), dy.dtype)),)
+
+
+_argmax_pool.defvjp(_argmax_pool_fwd, _argmax_pool_bwd)
 
 
 def avg_pool(
@@ -404,6 +509,22 @@ def _window_counts(
 def flatten(x: jax.Array) -> jax.Array:
     """Flatten every axis but the first (the batch): (batch, H, W, C) -> (batch, H·W·C)."""
     return x.reshape(x.shape[0], -1)
+
+
+def image_patches(x: jax.Array, size: int | Sequence[int]) -> jax.Array:
+    """Cut NHWC images into non-overlapping patches, row by row: ``(batch, H, W, C) -> (batch,
+    (H/ph)·(W/pw), ph·pw·C)``, each patch flattened in (row, column, channel) order (the input
+    of a patch transformer). H and W must be multiples of the patch size ``(ph, pw)``."""
+    ph, pw = _pair(size, "size")
+    *lead, height, width, channels = x.shape
+    if height % ph or width % pw:
+        raise ValueError(
+            f"image_patches: image size {height}x{width} is not a multiple of the patch size "
+            f"{ph}x{pw}"
+        )
+    x = x.reshape(*lead, height // ph, ph, width // pw, pw, channels)
+    x = jnp.moveaxis(x, -4, -3)  # (..., H/ph, W/pw, ph, pw, C)
+    return x.reshape(*lead, (height // ph) * (width // pw), ph * pw * channels)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ def _layer_type(arrays: dict[str, Any]) -> str:
         return "layer_norm"
     if keys == _ATTENTION_KEYS:
         return "attention"
-    if keys == {"tokens", "positions"}:
+    if keys in ({"tokens", "positions"}, {"positions"}):
         return "embedding"
     return ""
 

@@ -3,6 +3,8 @@
 Params::
 
     {"embed": {"tokens": (vocab_size, d_model), "positions": (max_len, d_model)},
+     # or, reading float patches (init(..., patch_dim=p)):
+     #  "embed": {"patches": {"W": (patch_dim, d_model), "b"}, "positions": (max_len, d_model)},
      "blocks": [{"ln1": {"scale", "bias"},
                  "attn": {"wq", "bq", "wk", "bk", "wv", "bv", "wo", "bo"},
                  "ln2": {"scale", "bias"},
@@ -16,6 +18,10 @@ Each block is pre-LN (as in GPT-2): x = x + attn(ln1(x)); x = x + mlp(ln2(x)), w
 The classifier mean-pools the final hidden states over the sequence and applies a dense layer; the
 language model maps every position to next-token logits with its own (untied) output matrix.
 The number of heads, the causal flag and dropout are arguments of :func:`apply`.
+
+A patch classifier (as a vision transformer, without the class token) reads float vectors instead
+of token ids: ``init(key, patch_dim=49, num_classes=10)`` embeds each patch with a dense layer;
+:func:`funcgrad.models.layers.image_patches` cuts images into such patches.
 """
 
 from __future__ import annotations
@@ -32,8 +38,9 @@ Params = dict
 
 def init(
     key: jax.Array,
-    vocab_size: int,
+    vocab_size: int | None = None,
     *,
+    patch_dim: int | None = None,
     num_classes: int | None = None,
     d_model: int = 64,
     num_layers: int = 2,
@@ -45,10 +52,23 @@ def init(
     """Return transformer params: a classifier head if ``num_classes`` is given, else a language
     model head over ``vocab_size`` tokens.
 
-    ``d_ff`` defaults to ``4 · d_model``; ``max_len`` is the longest sequence :func:`apply` accepts.
+    The inputs are token ids below ``vocab_size``, or (with ``patch_dim`` instead) float vectors
+    of ``patch_dim`` values, embedded by a dense layer: a patch classifier, which needs
+    ``num_classes``. ``d_ff`` defaults to ``4 · d_model``; ``max_len`` is the longest sequence
+    :func:`apply` accepts.
     Embeddings are N(0, 0.02²), dense weights ``w_init`` (Glorot uniform), biases zeros and
     layer norms the identity (scale 1, bias 0).
     """
+    if (vocab_size is None) == (patch_dim is None):
+        raise ValueError(
+            "transformer: pass vocab_size (token ids) or patch_dim (float patches), exactly one; "
+            f"got vocab_size={vocab_size!r}, patch_dim={patch_dim!r}"
+        )
+    if patch_dim is not None and num_classes is None:
+        raise ValueError(
+            "transformer: a patch model is a classifier (there are no tokens to predict): "
+            "pass num_classes"
+        )
     d_ff = 4 * d_model if d_ff is None else d_ff
     embed_key, pos_key, head_key, *block_keys = jax.random.split(key, 3 + num_layers)
     blocks = []
@@ -65,11 +85,15 @@ def init(
                 },
             }
         )
+    if patch_dim is None:
+        embed = {"tokens": layers.embedding_init(embed_key, vocab_size, d_model, dtype=dtype)}
+    else:
+        embed = {
+            "patches": layers.dense_init(embed_key, patch_dim, d_model, w_init=w_init, dtype=dtype)
+        }
+    embed["positions"] = layers.embedding_init(pos_key, max_len, d_model, dtype=dtype)
     params = {
-        "embed": {
-            "tokens": layers.embedding_init(embed_key, vocab_size, d_model, dtype=dtype),
-            "positions": layers.embedding_init(pos_key, max_len, d_model, dtype=dtype),
-        },
+        "embed": embed,
         "blocks": blocks,
         "ln_final": layers.layer_norm_init(d_model, dtype=dtype),
     }
@@ -99,6 +123,27 @@ def mlp_block(params: dict, x: jax.Array) -> jax.Array:
     return layers.dense(params["fc2"], activations.gelu(layers.dense(params["fc1"], x)))
 
 
+def _embed(embed: dict, inputs: jax.Array) -> jax.Array:
+    """Token or patch embeddings plus position embeddings: ``(..., seq, d_model)``."""
+    positions = embed["positions"]
+    if "patches" in embed:
+        patch_dim = embed["patches"]["W"].shape[0]
+        inputs = layers.check_input(inputs, ("seq", patch_dim), where="transformer embed (patches)")
+        x = layers.dense(embed["patches"], inputs)
+    else:
+        inputs = layers.check_input(
+            inputs, ("seq",), where="transformer embed (tokens)", dtype_kind="int"
+        )
+        x = layers.embed(embed["tokens"], inputs)
+    seq, max_len = x.shape[-2], positions.shape[0]
+    if seq > max_len:
+        raise ValueError(
+            f"transformer embed (positions): sequence length {seq} is longer than max_len="
+            f"{max_len} the params were initialised with; pass max_len >= {seq} to init."
+        )
+    return x + positions[:seq]
+
+
 def encode(
     params: Params,
     ids: jax.Array,
@@ -110,17 +155,11 @@ def encode(
     train: bool = False,
 ) -> jax.Array:
     """Return the final (layer-normed) hidden states: int ids ``(batch, seq) -> (batch, seq,
-    d_model)``, or ``(seq,) -> (seq, d_model)``. Arguments as in :func:`apply`."""
+    d_model)``, or ``(seq,) -> (seq, d_model)``; for a patch model, float patches ``(batch, seq,
+    patch_dim)`` or ``(seq, patch_dim)``. Arguments as in :func:`apply`."""
     language_model = is_language_model(params)
     causal = language_model if causal is None else causal
-    tokens, positions = params["embed"]["tokens"], params["embed"]["positions"]
-    ids = layers.check_input(ids, ("seq",), where="transformer embed (tokens)", dtype_kind="int")
-    seq, max_len = ids.shape[-1], positions.shape[0]
-    if seq > max_len:
-        raise ValueError(
-            f"transformer embed (positions): sequence length {seq} is longer than max_len="
-            f"{max_len} the params were initialised with; pass max_len >= {seq} to init."
-        )
+    x = _embed(params["embed"], ids)
     blocks = params["blocks"]
     keys = (
         list(jax.random.split(key, 1 + 2 * len(blocks)))
@@ -128,7 +167,6 @@ def encode(
         else [None] * (1 + 2 * len(blocks))
     )
 
-    x = layers.embed(tokens, ids) + positions[:seq]
     x = layers.dropout(
         x, dropout_rate, key=keys[0], train=train, where="transformer embed (dropout)"
     )
@@ -168,7 +206,8 @@ def apply(
     key: jax.Array | None = None,
     train: bool = False,
 ) -> jax.Array:
-    """Run the transformer on integer token ids ``(batch, seq)`` (or one sequence ``(seq,)``).
+    """Run the transformer on integer token ids ``(batch, seq)`` (or one sequence ``(seq,)``), or a
+    patch model on float patches ``(batch, seq, patch_dim)`` (or ``(seq, patch_dim)``).
 
     Classifier params: logits ``(batch, num_classes)`` = dense(mean over seq of the hidden states).
     Language-model params: next-token logits ``(batch, seq, vocab_size)``; position t sees tokens
