@@ -587,7 +587,7 @@ def trainers_for(
         Fit(model, data, batch, "jax"),
         Fit(model, data, batch, "funcgrad"),
     ]
-    if model.name == "mlp" and not quick and train.default_compiler_options():
+    if model.name in ("mlp", "transformer") and not quick and train.default_compiler_options():
         trainers += [Fit(model, data, batch, e, {}) for e in train.GRAD_ENGINES]
     if model.name == "cnn":
         trainers.append(Fit(model, data, batch, "funcgrad", conv_impl="im2col"))
