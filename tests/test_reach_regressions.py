@@ -312,3 +312,11 @@ def test_an_internal_failure_in_a_rule_is_wrapped_with_the_primitive_and_line():
         from funcgrad.interpret.registry import _VJP_RULES
 
         del _VJP_RULES["funcgrad_test_broken"]
+
+
+def test_error_classes_are_public():
+    """Users catch the interpreter's errors by their public names."""
+    assert fg.RuleError is RuleError
+    assert fg.NotDifferentiableError is NotDifferentiableError
+    assert issubclass(fg.NotDifferentiableError, (ValueError, TypeError, NotImplementedError))
+    assert {"RuleError", "NotDifferentiableError", "UnsupportedPrimitiveError"} <= set(fg.__all__)

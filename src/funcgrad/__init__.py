@@ -15,6 +15,8 @@ import importlib
 from typing import Any
 
 from funcgrad.interpret import (
+    NotDifferentiableError,
+    RuleError,
     Trace,
     UnsupportedPrimitiveError,
     grad,
@@ -42,6 +44,8 @@ _LAZY_NAMES = {
 
 __all__ = [
     "GradReport",
+    "NotDifferentiableError",
+    "RuleError",
     "Trace",
     "UnsupportedPrimitiveError",
     "compare_grads",

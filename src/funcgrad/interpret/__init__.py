@@ -8,12 +8,17 @@ one hook in ``shortcuts.py``.
 """
 
 from funcgrad.interpret.api import grad, hessian, jacrev, trace, value_and_grad, vjp
-from funcgrad.interpret.errors import RuleError, UnsupportedPrimitiveError
+from funcgrad.interpret.errors import (
+    NotDifferentiableError,
+    RuleError,
+    UnsupportedPrimitiveError,
+)
 from funcgrad.interpret.registry import supported_primitives, vjp_rule, zero_vjp
 from funcgrad.interpret.tagging import tag
 from funcgrad.interpret.trace import Trace
 
 __all__ = [
+    "NotDifferentiableError",
     "RuleError",
     "Trace",
     "UnsupportedPrimitiveError",
