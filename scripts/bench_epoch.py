@@ -4,8 +4,10 @@
 device-resident training set and apply an optax step; it unrolls the scan 4 steps per loop
 iteration and compiles with ``train.default_compiler_options()``. This builds the same kind of
 epoch from public pieces (``fg.value_and_grad`` or ``jax.value_and_grad``, optax Adam,
-``jax.jit(..., compiler_options=)``), once per (engine, unroll, option set), and times the
-variants in interleaved rounds (``scripts/_timing.py``): compile time, median and minimum epoch.
+``jax.jit(..., compiler_options=)``), once per (engine, unroll, option set, gather), and times
+the variants in interleaved rounds (``scripts/_timing.py``): compile time, median and minimum
+epoch. Gathers: ``step`` (fit's: each step takes its batch from the whole set) and ``epoch`` (a
+hand-written loop's: the epoch's batches gathered into one array before the scan).
 
 Models (random data of Fashion-MNIST's shapes): ``mlp``, 784-64-10 on 60,000 examples; ``cnn``,
 funcgrad's CNN (``cnn.FAST``) on 40 batches; ``transformer``, the patch classifier of
@@ -13,7 +15,7 @@ funcgrad's CNN (``cnn.FAST``) on 40 batches; ``transformer``, the patch classifi
 Eigen) and ``xla`` (XLA's own; matmuls on YNNPACK).
 
     python scripts/bench_epoch.py [--quick] [--model mlp] [--batch 128] [--rounds 11]
-        [--unrolls 1 2 4 8] [--options fit xla] [--engines jax funcgrad]
+        [--unrolls 1 2 4 8] [--options fit xla] [--engines jax funcgrad] [--gathers step epoch]
 """
 
 from __future__ import annotations
@@ -57,21 +59,35 @@ def model(name: str, batch: int, steps: int | None) -> tuple[Any, Any, Any, Any]
     return loss_fn, params, x, y
 
 
-def epoch_program(loss_fn: Any, engine: str, unroll: int, options: dict[str, Any]) -> Any:
-    """A jitted epoch as fit runs one: scan over index rows, gather, Adam step."""
+def epoch_program(
+    loss_fn: Any, engine: str, unroll: int, options: dict[str, Any], gather: str = "step"
+) -> Any:
+    """A jitted epoch as fit runs one: scan over index rows, gather, Adam step (``gather="epoch"``:
+    the batches gathered before the scan instead)."""
     optimizer = optax.adam(1e-3)
     grad_of = fg.value_and_grad if engine == "funcgrad" else jax.value_and_grad
     value_and_grad = grad_of(loss_fn, has_aux=True)
 
     def epoch(params, opt_state, order, x, y):
-        def step(carry, index):
+        def step(carry, batch):
             params, opt_state = carry
-            xb, yb = jnp.take(x, index, axis=0), jnp.take(y, index, axis=0)
+            if gather == "step":
+                xb, yb = jnp.take(x, batch, axis=0), jnp.take(y, batch, axis=0)
+            else:
+                xb, yb = batch
             (loss, _), grads = value_and_grad(params, xb, yb)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
-        return jax.lax.scan(step, (params, opt_state), order, unroll=unroll)
+        if gather == "step":
+            batches = order
+        else:
+            rows = order.reshape(-1)
+            batches = (
+                jnp.take(x, rows, axis=0).reshape(*order.shape, *x.shape[1:]),
+                jnp.take(y, rows, axis=0).reshape(order.shape),
+            )
+        return jax.lax.scan(step, (params, opt_state), batches, unroll=unroll)
 
     return jax.jit(epoch, compiler_options=options or None), optimizer
 
@@ -85,6 +101,7 @@ def main() -> None:
     parser.add_argument("--options", nargs="+", choices=tuple(OPTION_SETS), default=["fit", "xla"])
     parser.add_argument("--engines", nargs="+", choices=train.GRAD_ENGINES,
                         default=list(train.GRAD_ENGINES))  # fmt: skip
+    parser.add_argument("--gathers", nargs="+", choices=("step", "epoch"), default=["step"])
     args = parser.parse_args()
     rounds = args.rounds or (5 if args.quick else 11)
     steps = (10 if args.model == "cnn" else 100) if args.quick else None
@@ -98,22 +115,25 @@ def main() -> None:
     for engine in args.engines:
         for unroll in args.unrolls:
             for name in args.options:
-                key = (engine, unroll, name)
-                program, optimizer = epoch_program(loss_fn, engine, unroll, OPTION_SETS[name])
-                epoch_args = (params, optimizer.init(params), order, x, y)
-                start = time.perf_counter()
-                compiled = program.lower(*epoch_args).compile()
-                compile_s[key] = time.perf_counter() - start
-                calls[key] = functools.partial(compiled, *epoch_args)
+                for gather in args.gathers:
+                    key = (engine, unroll, name, gather)
+                    program, optimizer = epoch_program(
+                        loss_fn, engine, unroll, OPTION_SETS[name], gather
+                    )
+                    epoch_args = (params, optimizer.init(params), order, x, y)
+                    start = time.perf_counter()
+                    compiled = program.lower(*epoch_args).compile()
+                    compile_s[key] = time.perf_counter() - start
+                    calls[key] = functools.partial(compiled, *epoch_args)
     timings = T.interleaved(calls, rounds=rounds)
     report.table(
-        ["engine", "unroll", "options", "compile (s)", "epoch median (ms)", "epoch min (ms)"],
+        ["engine", "unroll", "options", "gather", "compile (s)", "median (ms)", "min (ms)"],
         [
             [*key, f"{compile_s[key]:.2f}", f"{t.median * 1e3:.1f}", f"{t.best * 1e3:.1f}"]
             for key, t in timings.items()
         ],
         title=f"{args.model}, batch {args.batch}, {num_steps} steps per epoch, {rounds} rounds",
-        align="lrlrrr",
+        align="lrllrrr",
     )
     report.finish(f"bench_epoch-{args.model}-{T.device_tag()}")
 
